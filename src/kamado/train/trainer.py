@@ -1,0 +1,193 @@
+"""Single-process pre-training loop.
+
+One optimizer step = `grad_accum` micro-batches, each under bf16 autocast, loss = CE + Z-loss (float32), then
+global-norm clipping, AdamW and the schedule's learning rate. The stability monitor looks at every step's loss
+before the update is applied (skip / roll back, see `kamado.train.stability`). Everything a resumed run needs to
+continue with the exact same losses (weights, AdamW moments, RNG, loader position, monitor history, skipped
+batches) goes into the checkpoint. Distributed training wraps the same model and reuses this loop's pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from kamado.config import RunConfig, to_dict
+from kamado.errors import ConfigError
+from kamado.model.loss import lm_loss
+from kamado.train import checkpoint as ckpt
+from kamado.train.callbacks import Callback, truncate_jsonl
+from kamado.train.optim import build_optimizer, lr_at, set_lr
+from kamado.train.stability import StabilityMonitor, Verdict
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class BatchLoader(Protocol):
+    def next_batch(self) -> Batch: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        loader: BatchLoader,
+        out_dir: str | Path,
+        val_batches: Callable[[], Iterable[Batch]] | None = None,
+        callbacks: list[Callback] | None = None,
+    ):
+        if cfg.train.dtype not in ("bf16", "fp32"):
+            raise ConfigError(f"train.dtype must be 'bf16' or 'fp32', got '{cfg.train.dtype}'")
+        self.cfg = cfg
+        self.model = model
+        self.loader = loader
+        self.val_batches = val_batches
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.callbacks = callbacks or []
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.monitor = StabilityMonitor(cfg.stability)
+        self.step = 0
+        self.skip_positions: set[str] = set()  # loader positions whose batches caused a rollback
+        self.pending_spikes: list[str] = []
+        self.peak_flops = cfg.train.peak_flops
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
+        self.forward = torch.compile(model) if cfg.train.compile else model
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+
+    # ---------------------------------------------------------------------------------------------- state
+    def loader_position(self) -> str:
+        return json.dumps(self.loader.state_dict(), sort_keys=True)
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "loader": self.loader.state_dict(),
+            "stability": self.monitor.state_dict(),
+            "skip_positions": sorted(self.skip_positions),
+            "config": to_dict(self.cfg),
+        }
+        return ckpt.save_checkpoint(
+            self.ckpt_dir, self.step, self.model, self.optimizer, state, self.cfg.checkpoint.keep_last
+        )
+
+    def restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        self.step = int(state["step"])
+        self.loader.load_state_dict(state["loader"])
+        self.monitor.load_state_dict(state["stability"])
+        self.skip_positions |= set(state["skip_positions"])
+        self.pending_spikes = []
+
+    # ---------------------------------------------------------------------------------------------- steps
+    def autocast(self) -> Any:
+        if self.cfg.train.dtype == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        with self.autocast():
+            logits = self.forward(x)
+        out = lm_loss(logits, y, self.cfg.train.z_loss)
+        (out.loss / self.cfg.train.grad_accum).backward()
+        return {"loss": float(out.loss.detach()), "ce": float(out.ce), "z_loss": float(out.z_loss)}
+
+    def train_step(self) -> dict[str, Any]:
+        lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
+        set_lr(self.optimizer, lr)
+        self.model.train()
+        sums = {"loss": 0.0, "ce": 0.0, "z_loss": 0.0}
+        for _ in range(self.cfg.train.grad_accum):
+            x, y = self.loader.next_batch()
+            for k, v in self.forward_backward(x, y).items():
+                sums[k] += v / self.cfg.train.grad_accum
+        clip = self.cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        return {**sums, "lr": lr, "grad_norm": float(norm)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any] | None:
+        if self.val_batches is None:
+            return None
+        self.model.eval()
+        total, n = 0.0, 0
+        for i, (x, y) in enumerate(self.val_batches()):
+            if i >= self.cfg.train.eval_batches:
+                break
+            with self.autocast():
+                logits = self.forward(x)
+            out = lm_loss(logits, y, 0.0)
+            total += float(out.ce) * out.num_tokens
+            n += out.num_tokens
+        if n == 0:
+            return None
+        return {"step": self.step, "val_ce": total / n, "val_ppl": math.exp(min(total / n, 50.0))}
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event = {"step": self.step, **event}
+        for cb in self.callbacks:
+            cb.on_event(self, event)
+
+    # ---------------------------------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        latest = ckpt.latest_checkpoint(self.ckpt_dir) if self.cfg.checkpoint.resume else None
+        if latest is not None:
+            self.restore(latest)
+        elif self.cfg.stability.enabled:
+            self.save_checkpoint()  # a rollback target before the first update
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        last_eval: dict[str, Any] | None = None
+        while self.step < self.cfg.train.steps:
+            position = self.loader_position()
+            if position in self.skip_positions:
+                for _ in range(self.cfg.train.grad_accum):
+                    self.loader.next_batch()
+                self._emit({"event": "skip_batch", "reason": "caused a rollback earlier"})
+                continue
+            metrics = self.train_step()
+            loss = metrics["loss"] if math.isfinite(metrics["grad_norm"]) else math.nan
+            verdict = self.monitor.check(loss)
+            if verdict is Verdict.OK:
+                self.optimizer.step()
+                self.pending_spikes = []
+            self.optimizer.zero_grad(set_to_none=True)
+            if verdict is Verdict.SKIP:
+                self.pending_spikes.append(position)
+                self._emit({"event": "skip_update", "loss": metrics["loss"], "grad_norm": metrics["grad_norm"]})
+            elif verdict is Verdict.ROLLBACK:
+                bad = [*self.pending_spikes, position]
+                target = ckpt.latest_checkpoint(self.ckpt_dir)
+                if target is None:
+                    raise RuntimeError("stability monitor asked for a rollback but no checkpoint exists")
+                self.restore(target)
+                self.skip_positions |= set(bad)
+                truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)
+                self._emit({"event": "rollback", "to_step": self.step, "skipped_batches": len(bad)})
+                continue
+            self.step += 1
+            metrics = {"step": self.step, **metrics, "tokens": self.step * self.tokens_per_step}
+            if hasattr(self.loader, "current_phase"):
+                metrics["phase"] = self.loader.current_phase
+            for cb in self.callbacks:
+                cb.on_step_end(self, metrics)
+            every = self.cfg.train.eval_every
+            if (every > 0 and self.step % every == 0) or self.step == self.cfg.train.steps:
+                last_eval = self.evaluate()
+                if last_eval is not None:
+                    for cb in self.callbacks:
+                        cb.on_eval_end(self, last_eval)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return {"step": self.step, "eval": last_eval}

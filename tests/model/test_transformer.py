@@ -1,0 +1,121 @@
+"""Model shapes, causal masking, QK-Norm switch, GQA, init."""
+
+import math
+
+import pytest
+import torch
+
+from kamado.config import ModelConfig
+from kamado.errors import ConfigError
+from kamado.model.transformer import Transformer, apply_rope, rope_tables
+
+TINY = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=32)
+
+
+def make(**kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(**{**TINY, **kw}))
+
+
+def test_shapes_and_param_count():
+    m = make()
+    x = torch.randint(0, 97, (3, 11))
+    assert m(x).shape == (3, 11, 97)
+    c = m.cfg
+    per_layer = (
+        c.d_model * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim  # fused qkv
+        + c.d_model * c.d_model  # o_proj
+        + 3 * c.d_model * c.ffn_hidden  # gate, up, down
+        + 2 * c.d_model  # two RMSNorms
+        + 2 * c.head_dim  # q_norm, k_norm
+    )
+    expected = 2 * c.vocab_size * c.d_model + c.n_layers * per_layer + c.d_model
+    assert m.num_params() == expected
+    assert m.num_params(exclude_embedding=True) == expected - c.vocab_size * c.d_model
+
+
+def test_embeddings_are_untied():
+    m = make()
+    assert m.embed.weight.data_ptr() != m.lm_head.weight.data_ptr()
+
+
+def test_causal_mask_future_tokens_do_not_change_the_past():
+    m = make().eval()
+    x = torch.randint(0, 97, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 97
+    with torch.no_grad():
+        a, b = m(x), m(y)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_qk_norm_switch_adds_exactly_the_per_head_norms():
+    on, off = make(qk_norm=True), make(qk_norm=False)
+    names_on = {n for n, _ in on.named_parameters()}
+    names_off = {n for n, _ in off.named_parameters()}
+    extra = names_on - names_off
+    assert names_off < names_on
+    assert extra == {f"layers.{i}.attn.{k}_norm.weight" for i in range(2) for k in "qk"}
+    assert all(on.get_parameter(n).shape == (on.cfg.head_dim,) for n in extra)
+
+
+def test_qk_norm_makes_attention_invariant_to_query_key_scale():
+    """With QK-Norm, scaling the q/k rows of qkv_proj does not change the output; without it, it does."""
+    x = torch.randint(0, 97, (2, 12))
+    for qk_norm, should_match in ((True, True), (False, False)):
+        m = make(qk_norm=qk_norm).eval()
+        with torch.no_grad():
+            before = m(x)
+            qk_rows = (m.cfg.n_heads + m.cfg.n_kv_heads) * m.cfg.head_dim
+            for layer in m.layers:
+                layer.attn.qkv_proj.weight[:qk_rows] *= 7.0
+            after = m(x)
+        assert torch.allclose(before, after, atol=1e-4) == should_match
+
+
+def test_gqa_matches_explicit_head_repetition():
+    """n_kv_heads < n_heads: equal to a model whose k/v heads are repeated to n_heads (MHA)."""
+    gqa = make(n_heads=4, n_kv_heads=2).eval()
+    mha = make(n_heads=4, n_kv_heads=4).eval()
+    sd = gqa.state_dict()
+    hd, d = gqa.cfg.head_dim, gqa.cfg.d_model
+    for i in range(gqa.cfg.n_layers):
+        w = sd[f"layers.{i}.attn.qkv_proj.weight"]
+        q, k, v = w[: 4 * hd], w[4 * hd : 6 * hd], w[6 * hd :]
+        rep = lambda t: t.view(2, hd, d).repeat_interleave(2, dim=0).reshape(4 * hd, d)  # noqa: E731
+        sd[f"layers.{i}.attn.qkv_proj.weight"] = torch.cat([q, rep(k), rep(v)])
+    mha.load_state_dict(sd)
+    x = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(x), mha(x), atol=1e-5, rtol=1e-5)
+
+
+def test_rope_preserves_norm_and_relative_positions():
+    cos, sin = rope_tables(8, 64, 10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    rot = lambda t, p: apply_rope(t, cos[p : p + 1], sin[p : p + 1])  # noqa: E731
+    torch.testing.assert_close(rot(q, 5).norm(), q.norm())
+    # <R_m q, R_n k> depends only on m - n
+    a = (rot(q, 3) * rot(k, 1)).sum()
+    b = (rot(q, 12) * rot(k, 10)).sum()
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_residual_output_projections_use_scaled_init():
+    m = make(n_layers=8, init_std=0.02)
+    w_o = m.layers[0].attn.o_proj.weight
+    w_q = m.layers[0].attn.qkv_proj.weight
+    assert abs(w_q.std().item() - 0.02) < 0.003
+    assert abs(w_o.std().item() - 0.02 / math.sqrt(16)) < 0.001
+
+
+def test_sequence_longer_than_max_seq_len_is_rejected():
+    with pytest.raises(ValueError, match="max_seq_len"):
+        make()(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [dict(d_model=66), dict(n_kv_heads=3), dict(vocab_size=0)])
+def test_bad_shapes_fail_with_config_error(bad):
+    with pytest.raises(ConfigError):
+        make(**bad)
