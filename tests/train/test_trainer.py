@@ -1,0 +1,155 @@
+"""The training loop: learning, exact kill-and-resume, stability monitor rollback, checkpoint safety."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from kamado.model.transformer import Transformer
+from kamado.train import checkpoint as ckpt
+from kamado.train.callbacks import Checkpointer, MetricsLogger, SpeedMonitor
+from kamado.train.trainer import Trainer
+
+
+def build(cfg, loader_cls, out_dir=None):
+    torch.manual_seed(cfg.train.seed)
+    model = Transformer(cfg.model)
+    loader = loader_cls(cfg.model.vocab_size, cfg.train.batch_size, cfg.data.seq_len)
+    out = Path(out_dir or cfg.out_dir)
+    callbacks = [SpeedMonitor(), MetricsLogger(out, tensorboard=False), Checkpointer()]
+    return Trainer(cfg, model, loader, out, callbacks=callbacks)
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_loss_goes_down_and_metrics_are_logged(tiny_cfg, loader_cls):
+    tiny_cfg.train.steps = 60
+    t = build(tiny_cfg, loader_cls)
+    t.fit()
+    seq = losses(tiny_cfg.out_dir)
+    assert sorted(seq) == list(range(1, 61))
+    assert seq[60] < 0.5 * seq[1]
+    rows = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "mfu" in r]
+    assert [r["step"] for r in logged] == list(range(5, 61, 5))
+    assert all(r["tokens_per_s"] > 0 and r["z_loss"] > 0 for r in logged)
+
+
+def test_kill_and_resume_gives_identical_losses(tiny_cfg, loader_cls, tmp_path):
+    full = build(tiny_cfg, loader_cls, tmp_path / "full")
+    full.fit()
+    part = build(tiny_cfg, loader_cls, tmp_path / "resumed")
+    part.callbacks.append(_KillAt(17))
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_00000010"
+    assert max(losses(tmp_path / "resumed")) == 17
+    resumed = build(tiny_cfg, loader_cls, tmp_path / "resumed")
+    resumed.fit()
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "resumed")
+    assert sorted(b) == list(range(1, 31))  # rows 11..17 of the killed run were replaced, not duplicated
+    assert [a[s] for s in range(1, 31)] == [b[s] for s in range(1, 31)]  # bit-identical
+
+
+class _KillAt(Checkpointer):
+    def __init__(self, step):
+        self.kill_step = step
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == self.kill_step:
+            raise KeyboardInterrupt  # as if the process were killed after logging this step
+
+    def on_train_end(self, trainer):
+        pass
+
+
+def test_killed_save_never_corrupts_previous_checkpoint(tiny_cfg, loader_cls, tmp_path, monkeypatch):
+    t = build(tiny_cfg, loader_cls, tmp_path / "r")
+    t.step = 10
+    good = t.save_checkpoint()
+    t.step = 20
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # the process dies while writing the optimizer file
+
+    monkeypatch.setattr(ckpt, "optimizer_tensors", boom)
+    with pytest.raises(KeyboardInterrupt):
+        t.save_checkpoint()
+    monkeypatch.undo()
+    assert (tmp_path / "r/checkpoints/step_00000020.tmp").exists()
+    assert ckpt.latest_checkpoint(tmp_path / "r/checkpoints") == good  # the .tmp leftover is ignored
+    assert not (tmp_path / "r/checkpoints/step_00000020.tmp").exists()  # ...and cleaned up
+    state = ckpt.load_checkpoint(good, t.model, t.optimizer)
+    assert state["step"] == 10
+
+
+def test_keep_last_n(tiny_cfg, loader_cls):
+    tiny_cfg.checkpoint.keep_last = 2
+    tiny_cfg.checkpoint.every = 5
+    build(tiny_cfg, loader_cls).fit()
+    names = [p.name for p in ckpt.list_checkpoints(Path(tiny_cfg.out_dir) / "checkpoints")]
+    assert names == ["step_00000025", "step_00000030"]
+
+
+class _Poison:
+    """Make the loss NaN whenever the batch at one of `positions` (loader indices) is trained on."""
+
+    def __init__(self, trainer, positions):
+        self.trainer, self.positions, self.hits = trainer, set(positions), 0
+        self.orig = trainer.forward_backward
+
+    def __call__(self, x, y):
+        out = self.orig(x, y)
+        if self.trainer.loader.index - 1 in self.positions:
+            self.hits += 1
+            self.trainer.model.zero_grad()
+            return {**out, "loss": math.nan}
+        return out
+
+
+def test_single_nan_loss_skips_the_update(tiny_cfg, loader_cls):
+    t = build(tiny_cfg, loader_cls)
+    t.forward_backward = _Poison(t, {12})
+    t.fit()
+    events = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["skip_update"]
+    assert events[0]["step"] == 12
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_repeated_nan_rolls_back_and_skips_offending_batches(tiny_cfg, loader_cls):
+    tiny_cfg.stability.max_spikes = 3
+    t = build(tiny_cfg, loader_cls)
+    poison = _Poison(t, {13, 14, 15})
+    t.forward_backward = poison
+    t.fit()
+    events = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds == ["skip_update", "skip_update", "rollback", "skip_batch", "skip_batch", "skip_batch"]
+    assert events[2]["to_step"] == 10 and events[2]["skipped_batches"] == 3
+    assert poison.hits == 3  # after the rollback the poisoned batches were never trained on again
+    assert t.step == 30
+    seq = losses(tiny_cfg.out_dir)
+    assert sorted(seq) == list(range(1, 31)) and all(math.isfinite(v) for v in seq.values())
+    # the rollback is remembered in the checkpoint, so a later resume keeps skipping those batches
+    state = json.loads((Path(tiny_cfg.out_dir) / "checkpoints/step_00000030/state.json").read_text())
+    assert len(state["skip_positions"]) == 3
+
+
+def test_loss_spike_by_zscore_is_skipped(tiny_cfg, loader_cls):
+    t = build(tiny_cfg, loader_cls)
+    orig = t.forward_backward
+
+    def spiky(x, y):
+        out = orig(x, y)
+        return {**out, "loss": out["loss"] + 100.0} if t.loader.index == 25 else out
+
+    t.forward_backward = spiky
+    t.fit()
+    events = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("skip_update", 24)]
