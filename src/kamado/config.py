@@ -41,9 +41,7 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ConfigError(
-                f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}"
-            )
+            raise ConfigError(f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
         for name in ("vocab_size", "d_model", "n_layers", "ffn_hidden", "max_seq_len"):
@@ -202,7 +200,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if tp in (int, str, bool) and not (type(value) is tp):
+    if tp in (int, str, bool) and type(value) is not tp:
         raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
     return value
 

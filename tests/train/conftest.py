@@ -30,7 +30,15 @@ class CountingLoader:
 def tiny_cfg(tmp_path) -> RunConfig:
     cfg = RunConfig(out_dir=str(tmp_path / "run"))
     m = cfg.model
-    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_hidden, m.max_seq_len = 64, 32, 2, 4, 2, 64, 16
+    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_hidden, m.max_seq_len = (
+        64,
+        32,
+        2,
+        4,
+        2,
+        64,
+        16,
+    )
     cfg.data.seq_len = 16
     cfg.train.batch_size, cfg.train.steps, cfg.train.log_every = 4, 30, 5
     cfg.train.peak_flops = 1e9  # no peak measurement in tests

@@ -89,4 +89,3 @@ def generate(model: Transformer, prompt_ids: list[int], params: SamplingParams) 
             break
         x = torch.tensor([[nxt]], dtype=torch.long, device=x.device)
     return out
-

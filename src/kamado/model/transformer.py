@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kamado.config import ModelConfig
+from kamado.model.loss import LossOutput, linear_lm_loss
 
 
 class LayerCache(Protocol):
@@ -131,6 +132,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
@@ -167,9 +171,21 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, pos)
         return self.norm(x)
 
-    def forward(self, idx: torch.Tensor, cache: LayerCache | None = None, pos: int = 0) -> torch.Tensor:
-        """Logits [B, T, vocab]."""
-        return self.lm_head(self.hidden_states(idx, cache, pos))
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        z_loss_coef: float = 0.0,
+        cache: LayerCache | None = None,
+        pos: int = 0,
+    ) -> torch.Tensor | LossOutput:
+        """Logits [B, T, vocab]; or, given `targets`, the training loss (CE + Z-loss, `kamado.model.loss`)
+        computed chunk by chunk without materialising the logits."""
+        h = self.hidden_states(idx, cache, pos)
+        if targets is None:
+            return self.lm_head(h)
+        return linear_lm_loss(h, self.lm_head.weight, targets, z_loss_coef)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -1,1 +1,3 @@
+from kamado.tokenizer.tokenizer import Tokenizer
 
+__all__ = ["Tokenizer"]

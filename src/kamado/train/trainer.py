@@ -21,7 +21,6 @@ from torch import nn
 
 from kamado.config import RunConfig, to_dict
 from kamado.errors import ConfigError
-from kamado.model.loss import lm_loss
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback, truncate_jsonl
 from kamado.train.optim import build_optimizer, lr_at, set_lr
@@ -97,8 +96,7 @@ class Trainer:
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with self.autocast():
-            logits = self.forward(x)
-        out = lm_loss(logits, y, self.cfg.train.z_loss)
+            out = self.forward(x, y, z_loss_coef=self.cfg.train.z_loss)
         (out.loss / self.cfg.train.grad_accum).backward()
         return {"loss": float(out.loss.detach()), "ce": float(out.ce), "z_loss": float(out.z_loss)}
 
@@ -126,8 +124,7 @@ class Trainer:
             if i >= self.cfg.train.eval_batches:
                 break
             with self.autocast():
-                logits = self.forward(x)
-            out = lm_loss(logits, y, 0.0)
+                out = self.forward(x, y)
             total += float(out.ce) * out.num_tokens
             n += out.num_tokens
         if n == 0:
