@@ -22,7 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kamado.config import ModelConfig, from_dict
 from kamado.errors import CheckpointError
+from kamado.model.transformer import Transformer
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -134,3 +136,23 @@ def load_checkpoint(ckpt: str | Path, model: nn.Module, optimizer: torch.optim.O
     with open(ckpt / "state.json", encoding="utf-8") as f:
         state: dict[str, Any] = json.load(f)
     return state
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or the newest one in a run folder (`<run>/checkpoints/step_*`)."""
+    p = Path(path)
+    if (p / "state.json").is_file():
+        return p
+    found = latest_checkpoint(p / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{p}: neither a checkpoint folder nor a run folder with checkpoints/step_*")
+    return found
+
+
+def load_model(path: str | Path) -> tuple[Transformer, Path]:
+    """Rebuild the model from the config saved in a checkpoint and load its weights (eval mode)."""
+    found = find_checkpoint(path)
+    state = json.loads((found / "state.json").read_text(encoding="utf-8"))
+    model = Transformer(from_dict(ModelConfig, state["config"]["model"]))
+    load_model_weights(model, found)
+    return model.eval(), found

@@ -120,9 +120,7 @@ class Trainer:
             return None
         self.model.eval()
         total, n = 0.0, 0
-        for i, (x, y) in enumerate(self.val_batches()):
-            if i >= self.cfg.train.eval_batches:
-                break
+        for x, y in self.val_batches():  # the factory decides how many batches (train.eval_batches per source)
             with self.autocast():
                 out = self.forward(x, y)
             total += float(out.ce) * out.num_tokens

@@ -1,0 +1,174 @@
+"""The `kamado` command: one sub-command per stage of the pipeline.
+
+    kamado run recipes/tiny.toml                     # everything, end to end, into one run folder
+    kamado tokenizer train DOCS.jsonl... --out DIR   # learn a byte-level BPE tokenizer
+    kamado tokenize DOCS.jsonl... --tokenizer DIR --out DIR
+    kamado train recipes/small.toml --optim.lr=3e-4  # pre-train from a preset, dotted overrides
+    kamado generate RUN_OR_CHECKPOINT --prompt "吾輩は"
+    kamado params recipes/100b.toml                  # exact parameter count and FLOPs/token of a preset
+
+Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kamado.errors import KamadoError
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`--section.key=value` (and top-level `--out_dir=...`) are config overrides; the rest goes to argparse."""
+    from dataclasses import fields
+
+    from kamado.config import RunConfig
+
+    top = {f.name for f in fields(RunConfig)}
+    keys = {a: a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and "=" in a}
+    overrides = [a for a, k in keys.items() if "." in k or k in top]
+    return [a for a in argv if a not in overrides], overrides
+
+
+def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.config import load_config
+    from kamado.recipe.pipeline import run_recipe
+
+    run_recipe(load_config(args.recipe, overrides), Path(args.recipe))
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.config import load_config
+    from kamado.train.pretrain import pretrain
+
+    result = pretrain(load_config(args.config, overrides), progress=not args.no_progress)
+    print(f"finished at step {result['step']}; eval: {result['eval']}")
+
+
+def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.config import TokenizerConfig
+    from kamado.tokenizer import Tokenizer
+    from kamado.tokenizer.train import iter_jsonl_texts, train_tokenizer
+
+    cfg = TokenizerConfig(vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    out = train_tokenizer(iter_jsonl_texts(args.inputs), args.out, cfg)
+    tok = Tokenizer.load(out)
+    print(f"saved {out} ({tok.vocab_size} ids)")
+    for path in args.heldout or []:
+        texts = list(iter_jsonl_texts([path]))
+        print(f"{path}: {tok.chars_per_token(texts):.3f} chars/token")
+
+
+def cmd_tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.data.tokenize import tokenize_files
+    from kamado.tokenizer import Tokenizer
+
+    stats = tokenize_files(args.inputs, Tokenizer.load(args.tokenizer), args.out, shard_tokens=args.shard_tokens)
+    print(
+        f"{stats['docs']} documents, {stats['tokens']:,} tokens in {stats['shards']} shard(s) "
+        f"({stats['chars_per_token']:.2f} chars/token) -> {args.out}"
+    )
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.model.generate import SamplingParams, generate
+    from kamado.tokenizer import Tokenizer
+    from kamado.train.checkpoint import load_model
+
+    model, found = load_model(args.checkpoint)
+    tok = Tokenizer.load(args.tokenizer or found.parent.parent / "tokenizer")
+    params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, (tok.eos_id,), args.seed)
+    ids = generate(model, tok.encode(args.prompt), params)
+    print(args.prompt + tok.decode([i for i in ids if i != tok.eos_id]))
+
+
+def cmd_params(args: argparse.Namespace, overrides: list[str]) -> None:
+    import torch
+
+    from kamado.config import load_config
+    from kamado.model.transformer import Transformer
+    from kamado.train.speed import flops_per_token
+
+    cfg = load_config(args.config, overrides)
+    with torch.device("meta"):  # no memory is allocated, so even the 100b shape is instant
+        model = Transformer(cfg.model)
+    m = cfg.model
+    print(
+        f"{cfg.name}: d_model={m.d_model} layers={m.n_layers} heads={m.n_heads} kv_heads={m.n_kv_heads} "
+        f"ffn={m.ffn_hidden} vocab={m.vocab_size}"
+    )
+    print(
+        f"parameters: {model.num_params():,} ({model.num_params(exclude_embedding=True):,} without the input embedding)"
+    )
+    print(f"training FLOPs/token at seq_len {cfg.data.seq_len}: {flops_per_token(m, cfg.data.seq_len):.4g}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="kamado", description=__doc__, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a whole recipe end to end (corpus → tokenizer → train → eval → report)")
+    r.add_argument("recipe", help="recipe TOML, e.g. recipes/tiny.toml; add --section.key=value overrides")
+    r.set_defaults(fn=cmd_run)
+
+    t = sub.add_parser("train", help="pre-train a model from a config preset")
+    t.add_argument("config", help="preset TOML (recipes/*.toml); add --section.key=value overrides")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.set_defaults(fn=cmd_train)
+
+    tk = sub.add_parser("tokenizer", help="tokenizer commands")
+    tks = tk.add_subparsers(dest="tokenizer_command", required=True, metavar="SUBCOMMAND")
+    tt = tks.add_parser("train", help="learn a byte-level BPE tokenizer from JSONL documents")
+    tt.add_argument("inputs", nargs="+", help='JSONL(.gz) files, one {"text": ...} per line')
+    tt.add_argument("--out", required=True, help="output folder (loadable by transformers.AutoTokenizer)")
+    tt.add_argument("--vocab-size", type=int, default=32000)
+    tt.add_argument("--min-frequency", type=int, default=2)
+    tt.add_argument("--heldout", nargs="*", help="JSONL files to report characters per token on")
+    tt.set_defaults(fn=cmd_tokenizer_train)
+
+    tz = sub.add_parser("tokenize", help="turn JSONL documents into pre-tokenized shards")
+    tz.add_argument("inputs", nargs="+", help='JSONL(.gz) files, one {"text": ...} per line')
+    tz.add_argument("--tokenizer", required=True, help="tokenizer folder")
+    tz.add_argument("--out", required=True, help="output folder for shards + manifest.json")
+    tz.add_argument("--shard-tokens", type=int, default=1 << 26, help="tokens per shard file")
+    tz.set_defaults(fn=cmd_tokenize)
+
+    g = sub.add_parser("generate", help="sample text from a trained model (KV-cache decoding)")
+    g.add_argument("checkpoint", help="run folder or checkpoint folder (step_XXXXXXXX)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--tokenizer", help="tokenizer folder (default: <run folder>/tokenizer)")
+    g.add_argument("--max-new-tokens", type=int, default=100)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(fn=cmd_generate)
+
+    pa = sub.add_parser("params", help="exact parameter count and FLOPs/token of a preset")
+    pa.add_argument("config")
+    pa.set_defaults(fn=cmd_params)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    if overrides and args.fn not in (cmd_run, cmd_train, cmd_params):
+        print(f"kamado: error: config overrides are not accepted by this command: {overrides}", file=sys.stderr)
+        return 2
+    try:
+        args.fn(args, overrides)
+    except KamadoError as e:
+        print(f"kamado: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kamado: interrupted (run the same command again to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""`kamado run RECIPE`: every stage of the recipe, in order, into one run folder.
+
+    sample corpus -> tokenizer -> shards -> pre-training -> held-out bits/char vs xz -> generation -> report
+
+Each stage writes its output under the run folder and is skipped when that output is already complete, so
+re-running the same command after a kill continues where it stopped (training resumes from its last checkpoint).
+Later stages of the PLaMo recipe (corpus pipeline from WARC, SFT, DPO, merging, evaluation, serving) join here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kamado.config import RunConfig, SourceConfig
+from kamado.data.tokenize import tokenize_files
+from kamado.errors import ConfigError
+from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
+from kamado.model.generate import SamplingParams, generate
+from kamado.recipe.report import plot_losses, read_jsonl, write_report
+from kamado.tokenizer import Tokenizer
+from kamado.tokenizer.train import iter_jsonl_texts, train_tokenizer
+from kamado.train.pretrain import pretrain
+
+console = Console()
+
+
+def resolve(path: str, base: Path) -> Path:
+    """Recipe paths are relative to the recipe file (so `kamado run` works from any folder)."""
+    p = Path(path)
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+class Stages:
+    """Times each stage and records it in the summary."""
+
+    def __init__(self, summary: dict[str, Any]):
+        self.summary = summary
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        console.rule(f"[bold]{name}")
+        t0 = time.perf_counter()
+        out = fn()
+        self.summary["stage_seconds"][name] = time.perf_counter() - t0
+        return out
+
+
+def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
+    base = recipe_path.resolve().parent
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.corpus.sources:
+        raise ConfigError(f"{recipe_path}: [corpus] sources is empty; a recipe needs at least one source")
+    sources = {name: [resolve(f, base) for f in files] for name, files in cfg.corpus.sources.items()}
+    heldout = {
+        k: resolve(v, base) for k, v in (("ja", cfg.corpus.heldout_file), ("en", cfg.corpus.heldout_en_file)) if v
+    }
+    summary: dict[str, Any] = {"name": cfg.name, "stage_seconds": {}, "data_rows": [], "train_rows": []}
+    stages = Stages(summary)
+    t_start = time.perf_counter()
+
+    # 1. tokenizer ------------------------------------------------------------------------------------------
+    tok_dir = Path(cfg.tokenizer.path) if cfg.tokenizer.path else out / "tokenizer"
+    all_files = [f for files in sources.values() for f in files]
+    if not (tok_dir / "tokenizer.json").is_file():
+        stages.run("tokenizer", lambda: train_tokenizer(iter_jsonl_texts(list(all_files)), tok_dir, cfg.tokenizer))
+    tok = Tokenizer.load(tok_dir)
+    if cfg.model.vocab_size != tok.vocab_size:
+        cfg.model.vocab_size = tok.vocab_size  # the embedding covers exactly the learned vocabulary
+
+    # 2. shards ---------------------------------------------------------------------------------------------
+    def shard(name: str, files: list[Path]) -> dict[str, Any]:
+        dest = out / "data" / name
+        if (dest / "manifest.json").is_file():
+            return json.loads((dest / "stats.json").read_text())
+        stats = tokenize_files(files, tok, dest, progress=True)
+        (dest / "stats.json").write_text(json.dumps(stats))
+        return stats
+
+    def all_shards() -> dict[str, dict[str, Any]]:
+        result = {name: shard(name, files) for name, files in sources.items()}
+        result |= {f"heldout_{k}": shard(f"heldout_{k}", [p]) for k, p in heldout.items()}
+        return result
+
+    shard_stats = stages.run("shards", all_shards)
+    for name, st in shard_stats.items():
+        text = f"{st['docs']} docs, {st['chars']:,} chars, {st['tokens']:,} tokens"
+        summary["data_rows"].append((name, f"{text}, {st['chars_per_token']:.2f} chars/token"))
+    summary["data_rows"].append(("tokenizer", f"byte-level BPE, {tok.vocab_size} ids, `{tok_dir}`"))
+    if not cfg.data.sources:
+        cfg.data.sources = [SourceConfig(name, str(out / "data" / name)) for name in sources]
+    if not cfg.data.val_sources:
+        cfg.data.val_sources = [SourceConfig(f"heldout_{k}", str(out / "data" / f"heldout_{k}")) for k in heldout]
+
+    # 3. pre-training ---------------------------------------------------------------------------------------
+    result = stages.run("pretrain", lambda: pretrain(cfg))
+    trainer = result["trainer"]
+    model = trainer.model
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "tokens_per_s" in r]
+    c, t = cfg.model, cfg.train
+    summary["train_rows"] += [
+        (
+            "parameters",
+            f"{result['num_params']:,} (d={c.d_model}, layers={c.n_layers}, heads={c.n_heads}/{c.n_kv_heads} kv)",
+        ),
+        ("QK-Norm / Z-loss", f"{c.qk_norm} / {t.z_loss}"),
+        (
+            "steps × tokens/step",
+            f"{t.steps} × {trainer.tokens_per_step:,} = {t.steps * trainer.tokens_per_step:,} tokens",
+        ),
+        ("schedule", f"{cfg.schedule.kind}, peak lr {cfg.optim.lr}, warmup {cfg.schedule.warmup_steps}"),
+    ]
+    if rows:
+        tps = sum(r["tokens_per_s"] for r in rows) / len(rows)
+        mfu = sum(r["mfu"] for r in rows) / len(rows)
+        summary["train_rows"] += [
+            ("final train CE", f"{rows[-1]['ce']:.3f} nats/token"),
+            (
+                "throughput",
+                f"{tps:,.0f} tokens/s, MFU {100 * mfu:.1f}% of a measured {trainer.peak_flops / 1e9:.0f} GFLOP/s",
+            ),
+        ]
+    if result.get("eval"):
+        summary["train_rows"].append(("final validation CE", f"{result['eval']['val_ce']:.3f} nats/token"))
+    plot_losses(out / "metrics.jsonl", out / "loss.png", f"kamado {cfg.name}: pre-training loss")
+
+    # 4. held-out bits per character vs xz ------------------------------------------------------------------
+    def compression() -> dict[str, dict[str, float]]:
+        train_docs = [d for f in all_files for d in iter_jsonl_texts([f])]
+        res = {}
+        for key, path in heldout.items():
+            docs = list(iter_jsonl_texts([path]))
+            res[f"{key} ({path.name})"] = {
+                "model": model_bits_per_char(model, tok, docs, context=cfg.data.seq_len),
+                "xz": xz_conditional_bits_per_char(train_docs, docs),
+            }
+        return res
+
+    summary["bits_per_char"] = stages.run("bits/char vs xz", compression)
+    for name, r in summary["bits_per_char"].items():
+        console.print(f"{name}: model {r['model']:.3f} bits/char, xz {r['xz']:.3f} bits/char")
+
+    # 5. generation -----------------------------------------------------------------------------------------
+    def samples() -> list[tuple[str, str]]:
+        g = cfg.generate
+        params = SamplingParams(g.max_new_tokens, g.temperature, g.top_k, g.top_p, (tok.eos_id,), g.seed)
+        pairs = []
+        for prompt in g.prompts:
+            ids = generate(model, tok.encode(prompt), params)
+            pairs.append((prompt, tok.decode([i for i in ids if i != tok.eos_id]).replace("\n", " ")))
+            console.print(f"[bold]{prompt}[/bold] → {pairs[-1][1]}")
+        return pairs
+
+    summary["samples"] = stages.run("generate", samples)
+    summary["stability_events"] = read_jsonl(out / "events.jsonl")
+    summary["stage_seconds"]["total"] = time.perf_counter() - t_start
+    summary["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    write_report(out, summary)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, out / "summary.json")
+    console.print(f"report: {out / 'report.md'}")
+    return summary

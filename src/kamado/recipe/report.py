@@ -1,0 +1,76 @@
+"""The run report: a loss-curve PNG and a short Markdown summary written into the run folder."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_losses(metrics_file: Path, out_png: Path, title: str) -> Path:
+    rows = read_jsonl(metrics_file)
+    train = [r for r in rows if "ce" in r]
+    val = [r for r in rows if "val_ce" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot([r["step"] for r in train], [r["ce"] for r in train], lw=1, label="train CE")
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_ce"] for r in val], "o-", lw=1.5, label="validation CE (held-out)")
+    phases = [r for a, r in itertools.pairwise(train) if r.get("phase") != a.get("phase")]
+    for r in phases:
+        ax.axvline(r["step"], color="gray", ls="--", lw=1)
+        ax.text(r["step"], ax.get_ylim()[1], f" phase {r['phase'] + 1}", va="top", fontsize=8, color="gray")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("nats / token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+def markdown_table(rows: list[tuple[str, str]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """report.md from the summary dict the recipe collected (stage timings, model, data, results, samples)."""
+    s = summary
+    parts = [f"# kamado run: {s['name']}", "", f"Run folder: `{out_dir}` — written {s['finished']}.", ""]
+    parts += ["## Stages", "", markdown_table([(k, f"{v:.1f} s") for k, v in s["stage_seconds"].items()]), ""]
+    parts += ["## Corpus and tokenizer", "", markdown_table(s["data_rows"]), ""]
+    parts += ["## Model and training", "", markdown_table(s["train_rows"]), ""]
+    parts += ["![loss curve](loss.png)", ""]
+    bpc = s.get("bits_per_char")
+    if bpc:
+        parts += ["## Held-out compression (bits per character, lower is better)", ""]
+        parts += ["| held-out text | kamado model | xz -9e given the same training text | model beats xz |"]
+        parts += ["|---|---|---|---|"]
+        for name, r in bpc.items():
+            parts += [f"| {name} | {r['model']:.3f} | {r['xz']:.3f} | {'yes' if r['model'] < r['xz'] else 'no'} |"]
+        parts += ["", "xz rate = 8·(len(xz(train+heldout)) − len(xz(train)))/chars(heldout); see kamado.eval.", ""]
+    events = s.get("stability_events", [])
+    parts += ["## Stability", "", f"{len(events)} event(s) (skipped updates / rollbacks); see events.jsonl.", ""]
+    if s.get("samples"):
+        parts += ["## Samples", ""]
+        for prompt, text in s["samples"]:
+            parts += [f"**{prompt}** → {text}", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,55 @@
+"""`kamado train`: build the model, the data loaders and the callbacks from a RunConfig, then run the Trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kamado.config import RunConfig, to_dict
+from kamado.data.loader import PackedLoader, ValLoader
+from kamado.errors import ConfigError
+from kamado.model.transformer import Transformer
+from kamado.train.callbacks import Callback, Checkpointer, MetricsLogger, ProgressBar, SpeedMonitor
+from kamado.train.trainer import Trainer
+
+
+def default_callbacks(out_dir: Path, progress: bool = True, tensorboard: bool = True) -> list[Callback]:
+    callbacks: list[Callback] = [SpeedMonitor(), MetricsLogger(out_dir, tensorboard=tensorboard), Checkpointer()]
+    if progress:
+        callbacks.append(ProgressBar())
+    return callbacks
+
+
+def build_trainer(cfg: RunConfig, progress: bool = True, tensorboard: bool = True) -> Trainer:
+    if not cfg.data.sources:
+        raise ConfigError("data.sources is empty: list the folders written by `kamado tokenize` ([[data.sources]])")
+    out_dir = Path(cfg.out_dir)
+    loader = PackedLoader(cfg.data, cfg.train.batch_size)
+    if loader.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"the data was tokenized with a vocabulary of {loader.vocab_size} but model.vocab_size is "
+            f"{cfg.model.vocab_size}; set --model.vocab_size={loader.vocab_size}"
+        )
+    if cfg.data.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
+    val = None
+    if cfg.data.val_sources:
+        val_cfg = cfg.data
+        val = lambda: iter(ValLoader(val_cfg, cfg.train.batch_size, cfg.train.eval_batches))  # noqa: E731
+    torch.manual_seed(cfg.train.seed)
+    model = Transformer(cfg.model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, ensure_ascii=False), encoding="utf-8")
+    return Trainer(cfg, model, loader, out_dir, val, default_callbacks(out_dir, progress, tensorboard))
+
+
+def pretrain(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+    trainer = build_trainer(cfg, progress)
+    result = trainer.fit()
+    result["num_params"] = sum(p.numel() for p in trainer.model.parameters())
+    result["peak_flops"] = trainer.peak_flops
+    result["trainer"] = trainer
+    return result
