@@ -1,0 +1,80 @@
+"""`kamado run recipes/tiny.toml` end to end on a shrunken model: every stage, the report, and resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHRINK = [
+    "--model.d_model=64",
+    "--model.n_layers=2",
+    "--model.n_heads=4",
+    "--model.n_kv_heads=2",
+    "--model.ffn_hidden=128",
+    "--model.max_seq_len=64",
+    "--data.seq_len=64",
+    "--data.phases=[{start_tokens = 0, weights = {ja = 1.0, en = 1.0}}, {start_tokens = 4096, weights = {ja = 1.0}}]",
+    "--tokenizer.vocab_size=1000",
+    "--train.batch_size=4",
+    "--train.eval_every=8",
+    "--train.log_every=2",
+    "--train.peak_flops=1e11",
+    "--checkpoint.every=4",
+    "--generate.max_new_tokens=8",
+]
+
+
+def kamado_run(out_dir: Path, steps: int) -> subprocess.Popen:
+    args = [sys.executable, "-m", "kamado.cli", "run", "recipes/tiny.toml", f"--out_dir={out_dir}"]
+    env = {**os.environ, "COLUMNS": "100"}
+    return subprocess.Popen(
+        [*args, *SHRINK, f"--train.steps={steps}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.slow
+def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path):
+    full = tmp_path / "full"
+    p = kamado_run(full, 24)
+    out = p.communicate(timeout=600)[0].decode()
+    assert p.returncode == 0, out
+    for f in ("report.md", "loss.png", "summary.json", "metrics.jsonl", "tokenizer/tokenizer.json", "config.json"):
+        assert (full / f).is_file(), f
+    summary = json.loads((full / "summary.json").read_text())
+    assert set(summary["stage_seconds"]) >= {"tokenizer", "shards", "pretrain", "bits/char vs xz", "generate"}
+    bpc = summary["bits_per_char"]
+    assert {k.split()[0] for k in bpc} == {"ja", "en"}
+    assert all(0 < r["model"] < 20 and 0 < r["xz"] < 20 for r in bpc.values())
+    assert len(summary["samples"]) == 3
+    report = (full / "report.md").read_text()
+    assert "bits per character" in report and "loss.png" in report
+    seq = losses(full)
+    assert sorted(seq) == list(range(1, 25))
+    phases = [json.loads(x).get("phase") for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert {0, 1} <= set(phases)  # the second data phase started at 4096 tokens (step 16)
+
+    # kill -9 in the middle of training, then run the same command again
+    killed = tmp_path / "killed"
+    p = kamado_run(killed, 24)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000012").is_dir():
+        assert time.time() < deadline and p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p = kamado_run(killed, 24)
+    out = p.communicate(timeout=600)[0].decode()
+    assert p.returncode == 0, out
+    assert losses(killed) == seq  # identical loss sequence to the uninterrupted run
+    assert json.loads((killed / "summary.json").read_text())["bits_per_char"] == bpc
