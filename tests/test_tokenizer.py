@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from kamado.config import TokenizerConfig
+from kamado.data.jsonl import iter_jsonl_texts
 from kamado.errors import ConfigError, DataError
 from kamado.tokenizer.tokenizer import Tokenizer
-from kamado.tokenizer.train import SPECIAL_TOKENS, iter_jsonl_texts, train_tokenizer
+from kamado.tokenizer.train import SPECIAL_TOKENS, train_tokenizer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TRAIN_FILES = [SAMPLES / "ja_aozora.jsonl.gz", SAMPLES / "en_web.jsonl.gz"]

@@ -48,8 +48,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.config import TokenizerConfig
+    from kamado.data.jsonl import iter_jsonl_texts
     from kamado.tokenizer import Tokenizer
-    from kamado.tokenizer.train import iter_jsonl_texts, train_tokenizer
+    from kamado.tokenizer.train import train_tokenizer
 
     cfg = TokenizerConfig(vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     out = train_tokenizer(iter_jsonl_texts(args.inputs), args.out, cfg)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kamado.data.jsonl import iter_texts
 from kamado.data.shards import MANIFEST, ShardSet, ShardWriter, dtype_for_vocab
-from kamado.data.tokenize import iter_texts, tokenize_files
+from kamado.data.tokenize import tokenize_files
 from kamado.errors import DataError
 
 

@@ -6,20 +6,16 @@ with a "text" field, in `.jsonl`, `.jsonl.gz`, or `.jsonl.zst` (the last needs t
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from kamado.data.jsonl import SUFFIXES, iter_texts
 from kamado.data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
 from kamado.errors import DataError
-
-SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
 
 class TokenizerLike(Protocol):
@@ -32,64 +28,6 @@ class TokenizerLike(Protocol):
 
     @property
     def vocab_size(self) -> int: ...
-
-
-def _open_raw(path: Path) -> tuple[io.BufferedReader, Any]:
-    """(raw file, decompressed byte stream): the raw file's position drives the progress bar.
-
-    Lines are decoded one by one (not through a TextIOWrapper, which decodes ahead) so that a UTF-8 error
-    names its own line."""
-    name = path.name
-    if not name.endswith(SUFFIXES):
-        raise DataError(f"{path}: expected a file ending in {', '.join(SUFFIXES)}")
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    stream: Any = raw
-    if name.endswith(".gz"):
-        stream = gzip.GzipFile(fileobj=raw, mode="rb")
-    elif name.endswith(".zst"):
-        try:
-            import zstandard
-        except ImportError:
-            raw.close()
-            raise DataError(f"{path}: reading .zst needs the `zstandard` package (pip install zstandard)") from None
-        stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
-    return raw, stream
-
-
-def iter_texts(path: Path, raw_pos: list[int] | None = None) -> Iterator[str]:
-    """Yield each line's "text"; DataError naming file:line for bad JSON, a missing "text", or bad UTF-8.
-
-    Blank lines are skipped. If `raw_pos` is given, raw_pos[0] tracks bytes read from disk (for progress).
-    """
-    try:
-        raw, stream = _open_raw(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    lineno = 0
-    with raw, stream:
-        while True:
-            lineno += 1
-            try:
-                data = stream.readline()
-            except (OSError, EOFError, ValueError) as e:
-                raise DataError(f"{path}:{lineno}: cannot decompress ({e}); the file is corrupt") from None
-            if not data:
-                return
-            if raw_pos is not None:
-                raw_pos[0] = raw.tell()
-            try:
-                line = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
-            yield obj["text"]
 
 
 def tokenize_files(

@@ -20,13 +20,14 @@ from typing import Any
 from rich.console import Console
 
 from kamado.config import RunConfig, SourceConfig
+from kamado.data.jsonl import iter_jsonl_texts
 from kamado.data.tokenize import tokenize_files
 from kamado.errors import ConfigError
 from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
 from kamado.model.generate import SamplingParams, generate
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
 from kamado.tokenizer import Tokenizer
-from kamado.tokenizer.train import iter_jsonl_texts, train_tokenizer
+from kamado.tokenizer.train import train_tokenizer
 from kamado.train.pretrain import pretrain
 
 console = Console()

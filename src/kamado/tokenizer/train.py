@@ -13,12 +13,9 @@ Design (why each piece is there):
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -51,53 +48,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|><|assistant|>\\n' }}{% endif %}"
 )
-
-
-def _open_text(path: Path) -> IO[str]:
-    """Open .jsonl, .jsonl.gz or (when `zstandard` is installed) .jsonl.zst as UTF-8 text."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    if path.suffix == ".zst":
-        try:
-            import zstandard
-        except ImportError:
-            raise DataError(f"{path}: reading .zst needs the 'zstandard' package") from None
-        return zstandard.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def iter_jsonl_texts(paths: list[str | Path]) -> Iterator[str]:
-    """Yield the non-empty "text" field of each line of each JSONL file, in order.
-
-    Problems a user can cause (missing file, bad JSON, no "text", undecodable bytes, no text at all) raise one
-    DataError naming the file and line, rather than training a tokenizer on a silently truncated corpus.
-    """
-    if not paths:
-        raise DataError("tokenizer corpus: no input files given")
-    n_texts = 0
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise DataError(f"{p}: corpus file not found")
-        lineno = 0
-        try:
-            with _open_text(p) as f:
-                for lineno, line in enumerate(f, 1):  # lineno also names the line of a read error
-                    if not line.strip():
-                        continue
-                    try:
-                        rec: Any = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
-                    text = rec.get("text") if isinstance(rec, dict) else None
-                    if not isinstance(text, str):
-                        raise DataError(f'{p}:{lineno}: expected an object with a string "text" field')
-                    if text:
-                        n_texts += 1
-                        yield text
-        except (UnicodeDecodeError, OSError, EOFError) as e:
-            raise DataError(f"{p}:{lineno + 1}: cannot read ({e})") from None
-    if n_texts == 0:
-        raise DataError(f"tokenizer corpus is empty: no text in {', '.join(str(p) for p in paths)}")
 
 
 def build_untrained() -> HFTokenizer:
