@@ -51,6 +51,7 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path):
     assert p.returncode == 0, out
     for f in ("report.md", "loss.png", "summary.json", "metrics.jsonl", "tokenizer/tokenizer.json", "config.json"):
         assert (full / f).is_file(), f
+    assert list((full / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((full / "summary.json").read_text())
     assert set(summary["stage_seconds"]) >= {"tokenizer", "shards", "pretrain", "bits/char vs xz", "generate"}
     bpc = summary["bits_per_char"]

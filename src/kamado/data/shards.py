@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from kamado.atomic import atomic_write_bytes, fsync_dir
 from kamado.errors import DataError
 
 FORMAT_VERSION = 1
@@ -38,23 +39,6 @@ _REQUIRED = ("format_version", "dtype", "vocab_size", "eos_id", "num_tokens", "n
 def dtype_for_vocab(vocab_size: int) -> np.dtype[Any]:
     """Smallest little-endian unsigned dtype that holds every id (half the disk and page cache of uint32)."""
     return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -122,7 +106,7 @@ class ShardWriter:
         self._file.close()
         self._file = None
         os.replace(self.out_dir / f"{name}.bin.tmp", self.out_dir / f"{name}.bin")
-        _atomic_write(self.out_dir / f"{name}.idx", np.asarray(self._offsets, dtype="<u8").tobytes())
+        atomic_write_bytes(self.out_dir / f"{name}.idx", np.asarray(self._offsets, dtype="<u8").tobytes())
         self.shards.append(
             {
                 "file": name,
@@ -154,8 +138,8 @@ class ShardWriter:
             "tokenizer": self.tokenizer_info,
             "shards": self.shards,
         }
-        _atomic_write(self.out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-        _fsync_dir(self.out_dir)
+        atomic_write_bytes(self.out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        fsync_dir(self.out_dir)
         return manifest
 
     def abort(self) -> None:

@@ -10,7 +10,6 @@ Later stages of the PLaMo recipe (corpus pipeline from WARC, SFT, DPO, merging, 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from kamado.atomic import atomic_write_text
 from kamado.config import RunConfig, SourceConfig
 from kamado.data.jsonl import iter_jsonl_texts
 from kamado.data.tokenize import tokenize_files
@@ -82,7 +82,7 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         if (dest / "manifest.json").is_file():
             return json.loads((dest / "stats.json").read_text())
         stats = tokenize_files(files, tok, dest, progress=True)
-        (dest / "stats.json").write_text(json.dumps(stats))
+        atomic_write_text(dest / "stats.json", json.dumps(stats))
         return stats
 
     def all_shards() -> dict[str, dict[str, Any]]:
@@ -164,8 +164,6 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     summary["stage_seconds"]["total"] = time.perf_counter() - t_start
     summary["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     write_report(out, summary)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     console.print(f"report: {out / 'report.md'}")
     return summary

@@ -9,6 +9,8 @@ from typing import Any
 
 import matplotlib
 
+from kamado.atomic import atomic_write_text
+
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 
@@ -72,5 +74,5 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         for prompt, text in s["samples"]:
             parts += [f"**{prompt}** → {text}", ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts))
     return path

@@ -8,12 +8,12 @@ add keys to `metrics` (the speed monitor adds tokens/s and MFU before the logger
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kamado.atomic import atomic_write_text
 from kamado.train.speed import SpeedMeter, flops_per_token, measure_matmul_peak
 
 if TYPE_CHECKING:
@@ -55,9 +55,7 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
         return
     rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     keep = [r for r in rows if json.loads(r).get("step", 0) <= max_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(r + "\n" for r in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(r + "\n" for r in keep))
 
 
 class MetricsLogger(Callback):

@@ -22,19 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kamado.atomic import fsync_dir
 from kamado.config import ModelConfig, from_dict
 from kamado.errors import CheckpointError
 from kamado.model.transformer import Transformer
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -85,11 +78,11 @@ def save_checkpoint(
         json.dump({"step": step, **state}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

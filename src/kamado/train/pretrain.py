@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from kamado.atomic import atomic_write_text
 from kamado.config import RunConfig, to_dict
 from kamado.data.loader import PackedLoader, ValLoader
 from kamado.errors import ConfigError
@@ -42,7 +43,7 @@ def build_trainer(cfg: RunConfig, progress: bool = True, tensorboard: bool = Tru
     torch.manual_seed(cfg.train.seed)
     model = Transformer(cfg.model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, ensure_ascii=False), encoding="utf-8")
+    atomic_write_text(out_dir / "config.json", json.dumps(to_dict(cfg), indent=1, ensure_ascii=False))
     return Trainer(cfg, model, loader, out_dir, val, default_callbacks(out_dir, progress, tensorboard))
 
 
