@@ -94,6 +94,9 @@ def test_keep_last_n(tiny_cfg, loader_cls):
     build(tiny_cfg, loader_cls).fit()
     names = [p.name for p in ckpt.list_checkpoints(Path(tiny_cfg.out_dir) / "checkpoints")]
     assert names == ["step_00000025", "step_00000030"]
+    files = {p.name for p in (Path(tiny_cfg.out_dir) / "checkpoints/step_00000030").iterdir()}
+    # nothing that would need unpickling: tensors in safetensors, the rest in JSON
+    assert files == {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
 
 
 class _Poison:
