@@ -1,0 +1,143 @@
+"""WARC framing: every record of the real files read, and damaged input skipped and counted, never fatal."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kamado.corpus.warc import SKIP_REASONS, WarcRecord, read_warc_file
+from kamado.errors import DataError
+
+# record types per file; warcio 1.8 reads the same records (checked by hand when these tests were written)
+REAL_FILES = {
+    "cc-multilingual-no-ja.warc.gz": {"warcinfo": 1, "request": 17, "response": 16, "metadata": 16},
+    "clueweb09-ja-eucjp-quirky.warc.gz": {"warcinfo": 1, "response": 29},
+    "dolma-en-sample-0000.warc.gz": {"warcinfo": 1, "request": 22, "response": 22, "metadata": 1, "resource": 2},
+    "dolma-en-sample-0001.warc.gz": {"warcinfo": 1, "request": 15, "response": 15, "metadata": 1, "resource": 2},
+}
+
+
+def read(path: Path, **kw: int) -> tuple[list[WarcRecord], Counter[str]]:
+    counts: Counter[str] = Counter()
+    return list(read_warc_file(path, counts, **kw)), counts
+
+
+def skipped(counts: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if k in SKIP_REASONS}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_FILES))
+def test_every_record_of_the_real_files_is_read(web_data: Path, name: str) -> None:
+    records, counts = read(web_data / "warc" / name)
+    assert Counter(r.record_type for r in records) == REAL_FILES[name]
+    assert skipped(counts) == {}
+    assert counts["records"] == len(records) == sum(REAL_FILES[name].values())
+    for r in records:
+        assert len(r.block) == int(r.headers["content-length"])
+        assert r.record_id
+
+
+def test_quirky_clueweb_headers_are_kept_as_they_are(web_data: Path) -> None:
+    records, _ = read(web_data / "warc" / "clueweb09-ja-eucjp-quirky.warc.gz")
+    first = records[1]
+    assert first.version == "0.18"
+    assert first.date == "2008-10-294T05:21:46-0700"  # an impossible date, kept: it is not needed for framing
+    assert first.headers["warc-identified-payload-type"] == ""
+    assert first.target_uri.startswith("http://www.uraharajuku.st/shopdetail/")
+    assert first.block.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_wget_angle_bracket_uris_are_unwrapped(web_data: Path) -> None:
+    records, _ = read(web_data / "warc" / "dolma-en-sample-0000.warc.gz")
+    assert records[1].target_uri == "https://www.semanticscholar.org/research/research-team"
+
+
+def test_plain_and_single_member_gzip_files(tmp_path: Path, build) -> None:
+    recs = [build.response(f"<p>{i}</p>".encode(), uri=f"http://a.jp/{i}") for i in range(3)]
+    (tmp_path / "plain.warc").write_bytes(b"".join(recs))
+    (tmp_path / "one.warc.gz").write_bytes(gzip.compress(b"".join(recs)))
+    (tmp_path / "members.warc.gz").write_bytes(build.gzip_members(recs))
+    for name in ("plain.warc", "one.warc.gz", "members.warc.gz"):
+        records, counts = read(tmp_path / name)
+        assert [r.target_uri for r in records] == ["http://a.jp/0", "http://a.jp/1", "http://a.jp/2"], name
+        assert skipped(counts) == {}
+
+
+def test_truncated_gzip_keeps_the_records_before_the_cut(tmp_path: Path, build) -> None:
+    data = build.gzip_members([build.response(b"<p>x</p>" * 200, uri=f"http://a.jp/{i}") for i in range(3)])
+    path = tmp_path / "cut.warc.gz"
+    path.write_bytes(data[: len(data) - 100])
+    records, counts = read(path)
+    assert len(records) == 2
+    assert counts["truncated_gzip"] == 1
+
+
+def test_corrupt_member_is_skipped_and_reading_resumes(tmp_path: Path, build) -> None:
+    members = [gzip.compress(build.response(b"<p>page</p>" * 500, uri=f"http://a.jp/{i}")) for i in range(3)]
+    bad = bytearray(members[1])
+    bad[40:60] = b"\xff" * 20  # inside the deflate stream
+    path = tmp_path / "bad.warc.gz"
+    path.write_bytes(members[0] + bytes(bad) + members[2])
+    records, counts = read(path)
+    assert [r.target_uri for r in records] == ["http://a.jp/0", "http://a.jp/2"]
+    assert counts["corrupt_gzip"] == 1
+
+
+@pytest.mark.parametrize(
+    "bad_record",
+    [
+        b"WARC/1.0\r\nWARC-Type: response\r\n\r\nno content length\r\n\r\n",
+        b"WARC/1.0\r\nWARC-Type: response\r\nContent-Length: lots\r\n\r\nxx\r\n\r\n",
+        b"WARC/1.0\r\nthis line is not a field\r\nContent-Length: 2\r\n\r\nxx\r\n\r\n",
+        b"\x89PNG\r\n\x1a\n\x00\x00 binary garbage where a record should start\r\n",
+    ],
+    ids=["no-length", "bad-length", "bad-field", "garbage"],
+)
+@pytest.mark.parametrize("gzipped", [False, True], ids=["warc", "warc.gz"])
+def test_malformed_header_is_counted_and_the_next_record_read(
+    tmp_path: Path, build, bad_record: bytes, gzipped: bool
+) -> None:
+    recs = [
+        build.response(b"<p>a</p>", uri="http://a.jp/a"),
+        bad_record,
+        build.response(b"<p>b</p>", uri="http://a.jp/b"),
+    ]
+    path = tmp_path / ("f.warc.gz" if gzipped else "f.warc")
+    path.write_bytes(build.gzip_members(recs) if gzipped else b"".join(recs))
+    records, counts = read(path)
+    assert [r.target_uri for r in records] == ["http://a.jp/a", "http://a.jp/b"]
+    assert skipped(counts) == {"malformed_header": 1}
+
+
+def test_oversized_record_is_skipped_without_reading_it_whole(tmp_path: Path, build) -> None:
+    big = build.response(b"x" * 300_000, uri="http://a.jp/big")
+    path = tmp_path / "big.warc.gz"
+    path.write_bytes(build.gzip_members([big, build.response(b"<p>ok</p>", uri="http://a.jp/ok")]))
+    records, counts = read(path, max_record_bytes=100_000)
+    assert [r.target_uri for r in records] == ["http://a.jp/ok"]
+    assert skipped(counts) == {"oversized": 1}
+
+
+def test_content_length_past_the_end_is_a_truncated_record(tmp_path: Path, build) -> None:
+    rec = build.record("resource", b"short", Content_Length="999")
+    path = tmp_path / "t.warc"
+    path.write_bytes(build.response(b"<p>a</p>") + rec)
+    records, counts = read(path)
+    assert len(records) == 1
+    assert counts["truncated_record"] == 1
+
+
+def test_empty_file_and_empty_record(tmp_path: Path, build) -> None:
+    (tmp_path / "empty.warc.gz").write_bytes(b"")
+    assert read(tmp_path / "empty.warc.gz") == ([], Counter())
+    (tmp_path / "zero.warc").write_bytes(build.record("resource", b""))
+    records, _ = read(tmp_path / "zero.warc")
+    assert len(records) == 1 and records[0].block == b""
+
+
+def test_missing_file_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot open WARC file"):
+        list(read_warc_file(tmp_path / "nope.warc.gz"))
