@@ -1,11 +1,12 @@
-"""Z-loss and cross-entropy: hand computations on fixed logits."""
+"""Z-loss and cross-entropy: hand computations on fixed logits; the chunked head + loss against the plain one."""
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from kamado.model.loss import IGNORE_INDEX, lm_loss
+from kamado.model.loss import IGNORE_INDEX, linear_lm_loss, lm_loss
 
 LOGITS = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], [[1.0, 1.0, 1.0], [-2.0, 4.0, 0.0]]])
 TARGETS = torch.tensor([[0, 2], [1, IGNORE_INDEX]])
@@ -59,3 +60,64 @@ def test_all_ignored_gives_zero_with_a_gradient_path():
     out = lm_loss(logits, torch.full((1, 3), IGNORE_INDEX))
     assert out.num_tokens == 0 and out.loss.item() == 0.0
     out.loss.backward()
+
+
+def head_problem(n_ignored: int = 5, seed: int = 0):
+    """hidden [2, 13, 16] (26 rows: chunks of 8 leave a partial last one), head [50, 16], some ignored targets."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(2, 13, 16, generator=g) * 2).requires_grad_()
+    weight = torch.randn(50, 16, generator=g).requires_grad_()
+    targets = torch.randint(0, 50, (2, 13), generator=g)
+    targets.view(-1)[torch.randperm(26, generator=g)[:n_ignored]] = IGNORE_INDEX
+    return hidden, weight, targets
+
+
+def loss_and_grads(out, hidden, weight, upstream: float = 1.0):
+    (out.loss * upstream).backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    return out, grads
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 8, 26, 1000])
+def test_linear_lm_loss_equals_lm_loss_in_value_and_gradient(chunk_rows):
+    hidden, weight, targets = head_problem()
+    ref, (ref_gh, ref_gw) = loss_and_grads(lm_loss(hidden @ weight.T, targets, 1e-2), hidden, weight, 3.0)
+    out, (gh, gw) = loss_and_grads(linear_lm_loss(hidden, weight, targets, 1e-2, chunk_rows), hidden, weight, 3.0)
+    assert out.num_tokens == ref.num_tokens == 21
+    for a, b in [(out.loss, ref.loss), (out.ce, ref.ce), (out.z_loss, ref.z_loss), (gh, ref_gh), (gw, ref_gw)]:
+        torch.testing.assert_close(a, b)
+    assert out.ce.requires_grad is False and out.z_loss.requires_grad is False
+
+
+def test_linear_lm_loss_under_bf16_autocast_matches_a_bf16_linear_head():
+    hidden, weight, targets = head_problem()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, (ref_gh, ref_gw) = loss_and_grads(lm_loss(F.linear(hidden, weight), targets), hidden, weight)
+        out, (gh, gw) = loss_and_grads(linear_lm_loss(hidden, weight, targets, chunk_rows=8), hidden, weight)
+    assert out.loss.dtype == torch.float32 and gh.dtype == hidden.dtype and gw.dtype == weight.dtype
+    torch.testing.assert_close(out.loss, ref.loss)  # same bf16 logits, float32 reductions
+    torch.testing.assert_close(out.z_loss, ref.z_loss)
+    torch.testing.assert_close(gh, ref_gh, rtol=2e-2, atol=1e-3)  # bf16 matmuls: the sum order differs
+    torch.testing.assert_close(gw, ref_gw, rtol=2e-2, atol=1e-3)
+
+
+def test_linear_lm_loss_all_ignored_and_without_grad():
+    hidden, weight, targets = head_problem(n_ignored=26)
+    out, (gh, gw) = loss_and_grads(linear_lm_loss(hidden, weight, targets), hidden, weight)
+    assert out.num_tokens == 0 and out.loss.item() == 0.0
+    assert not gh.any() and not gw.any()
+    hidden, weight, targets = head_problem()
+    with torch.no_grad():
+        out = linear_lm_loss(hidden, weight, targets, 1e-2, chunk_rows=8)
+        ref = lm_loss(hidden @ weight.T, targets, 1e-2)
+    assert not out.loss.requires_grad
+    torch.testing.assert_close(out.loss, ref.loss)
+
+
+def test_linear_lm_loss_refuses_a_second_backward_instead_of_returning_wrong_gradients():
+    hidden, weight, targets = head_problem()
+    out = linear_lm_loss(hidden, weight, targets)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        out.loss.backward()

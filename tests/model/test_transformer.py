@@ -1,4 +1,4 @@
-"""Model shapes, causal masking, QK-Norm switch, GQA, init."""
+"""Model shapes, causal masking, QK-Norm switch, GQA, init, the training loss through the model."""
 
 import math
 
@@ -7,6 +7,7 @@ import torch
 
 from kamado.config import ModelConfig
 from kamado.errors import ConfigError
+from kamado.model.loss import IGNORE_INDEX, lm_loss
 from kamado.model.transformer import Transformer, apply_rope, rope_tables
 
 TINY = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=32)
@@ -89,6 +90,25 @@ def test_gqa_matches_explicit_head_repetition():
     x = torch.randint(0, 97, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(gqa(x), mha(x), atol=1e-5, rtol=1e-5)
+
+
+def test_training_loss_equals_lm_loss_on_the_logits_with_the_same_gradients():
+    """`model(x, targets)` (chunked head + loss) is `lm_loss(model(x), targets)`, also under bf16 autocast."""
+    x = torch.randint(0, 97, (3, 10))
+    y = torch.randint(0, 97, (3, 10))
+    y[1, :4] = IGNORE_INDEX
+    m = make()
+    for autocast in (False, True):
+        results = []
+        for fused in (True, False):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = m(x, y, z_loss_coef=1e-2) if fused else lm_loss(m(x), y, 1e-2)
+            out.loss.backward()
+            results.append((out.loss.detach(), out.z_loss, *(p.grad.clone() for p in m.parameters())))
+            m.zero_grad(set_to_none=True)
+        tol = dict(rtol=3e-2, atol=2e-3) if autocast else {}  # bf16 matmuls: the order of sums differs
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, **tol)
 
 
 def test_rope_preserves_norm_and_relative_positions():

@@ -10,6 +10,7 @@ PaLM uses coef = 1e-4. CE and Z-loss are returned separately so both can be logg
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,14 +45,31 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss_coef: float = 1e
     return LossOutput(loss, ce.detach(), z.detach(), n)
 
 
+_WORKSPACE: dict[str, torch.Tensor] = {}
+
+
+def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A work buffer kept from one call to the next, so that steps after the first do not page-fault it in again."""
+    numel = math.prod(shape)
+    buf = _WORKSPACE.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+        buf = _WORKSPACE[name] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel].view(shape)
+
+
 class _LinearLMLoss(torch.autograd.Function):
     """Output head + CE + Z-loss in row chunks, gradients computed during the forward pass.
 
     The full [tokens, vocab] float32 logits tensor never exists: each chunk of rows is projected, reduced to
     (CE, logsumexp) and turned into its logit gradient in place, then into the gradients of the hidden states and
-    of the head weight (the approach of Liger-Kernel's fused linear cross-entropy). On a CPU this removes the
-    dominant memory-bound work of the step (several passes over a 4096×32000 float32 tensor); on a GPU it removes
-    the largest activation. The backward pass only scales the stored gradients by the incoming scalar.
+    of the head weight (the approach of Liger-Kernel's fused linear cross-entropy). The backward pass only scales
+    the stored gradients by the incoming scalar.
+
+    On a CPU the head is a third of the step's FLOPs, and what its three matmuls leave over is memory traffic and
+    page faults (a fresh tensor of tens of megabytes is faulted in page by page on first touch, which costs more
+    than several arithmetic passes over it). So each chunk works in buffers allocated once per call: the logits
+    buffer is overwritten by their gradient, the softmax runs in place in one float32 buffer, and the gradients
+    handed to autograd are scaled in place rather than copied.
 
     d loss / d logit_j = (softmax_j · (1 + 2·coef·lse) − [j = target]) / n     for each scored row.
     """
@@ -61,41 +79,51 @@ class _LinearLMLoss(torch.autograd.Function):
         d = hidden.shape[-1]
         h = hidden.reshape(-1, d).to(compute_dtype)
         w = weight.to(compute_dtype)
-        t = targets.reshape(-1)
+        t = targets.reshape(-1, 1)
         valid = t != IGNORE_INDEX
         n = max(int(valid.sum()), 1)
-        ce_sum = torch.zeros((), dtype=torch.float32)
-        z_sum = torch.zeros((), dtype=torch.float32)
-        # gradients are filled during the forward pass (empty when no gradient is needed, e.g. in evaluation)
-        grad_h = torch.empty_like(h) if need_grad else h.new_empty(0)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if need_grad else h.new_empty(0)
+        ce_sum = h.new_zeros((), dtype=torch.float32)
+        z_sum = h.new_zeros((), dtype=torch.float32)
+        rows = min(chunk_rows, h.shape[0])
+        logits = _workspace("logits", (rows, w.shape[0]), compute_dtype, h.device)  # then their gradient
+        x = _workspace("x", logits.shape, torch.float32, h.device)  # float32 work buffer for the softmax
+        if need_grad:  # filled during the forward pass
+            grad_h = torch.empty_like(h)
+            grad_w = h.new_zeros(weight.shape, dtype=torch.float32)
+            grad_w_chunk = _workspace("grad_w_chunk", w.shape, compute_dtype, h.device)
+            grad_w_chunk32 = _workspace("grad_w_chunk32", w.shape, torch.float32, h.device)
         with torch.autocast("cpu", enabled=False):
-            for s in range(0, h.shape[0], chunk_rows):
-                hc, tc, vc = h[s : s + chunk_rows], t[s : s + chunk_rows], valid[s : s + chunk_rows]
-                logits = (hc @ w.T).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                safe_t = tc.clamp_min(0)
-                target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
+            for s in range(0, h.shape[0], rows):
+                hc, tc, vc = h[s : s + rows], t[s : s + rows].clamp_min(0), valid[s : s + rows]
+                lg, xc = torch.mm(hc, w.T, out=logits[: len(hc)]), x[: len(hc)]
+                xc.copy_(lg)
+                target_logit = xc.gather(1, tc)
+                m = xc.amax(dim=1, keepdim=True)
+                sum_exp = xc.sub_(m).exp_().sum(dim=1, keepdim=True)  # xc = exp(logit - max) from here on
+                lse = m + sum_exp.log()
                 ce_sum += ((lse - target_logit) * vc).sum()
                 z_sum += ((lse * lse) * vc).sum()
                 if need_grad:
                     scale = vc.float() / n
-                    probs = logits.sub_(lse[:, None]).exp_()  # in place: logits become softmax
-                    probs.mul_(((1 + 2 * coef * lse) * scale)[:, None])
-                    probs.scatter_add_(1, safe_t[:, None], -scale[:, None])
-                    g = probs.to(compute_dtype)
-                    grad_h[s : s + chunk_rows] = g @ w
-                    grad_w.add_(g.T @ hc)
-        if need_grad:
-            ctx.save_for_backward(grad_h.view(hidden.shape).to(hidden.dtype), grad_w.to(weight.dtype))
+                    xc.mul_((1 + 2 * coef * lse) * scale / sum_exp)
+                    xc.scatter_add_(1, tc, -scale)
+                    lg.copy_(xc)
+                    torch.mm(lg, w, out=grad_h[s : s + len(hc)])
+                    # summed in float32 through a buffer: a mixed-dtype add_ would allocate a float32 copy each time
+                    grad_w.add_(grad_w_chunk32.copy_(torch.mm(lg.T, hc, out=grad_w_chunk)))
+        if need_grad:  # kept on ctx, not saved: backward scales them in place and hands them over without a copy
+            ctx.grads = grad_h.view(hidden.shape).to(hidden.dtype), grad_w.to(weight.dtype)
         ce, z = ce_sum / n, z_sum / n
         ctx.mark_non_differentiable(ce, z)
         return ce + coef * z, ce, z
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_z):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None, None
+        if not hasattr(ctx, "grads"):
+            raise RuntimeError("linear_lm_loss supports one backward pass per forward (its gradients are handed over)")
+        grad_h, grad_w = ctx.grads
+        del ctx.grads
+        return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss), None, None, None, None, None
 
 
 @torch.compiler.disable
@@ -104,7 +132,7 @@ def linear_lm_loss(
     weight: torch.Tensor,
     targets: torch.Tensor,
     z_loss_coef: float = 1e-4,
-    chunk_rows: int = 256,
+    chunk_rows: int = 512,
 ) -> LossOutput:
     """`lm_loss(hidden @ weight.T, targets)` without materialising the logits; same values and gradients.
 
