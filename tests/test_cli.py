@@ -19,7 +19,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "cmd", [[], ["run"], ["train"], ["tokenizer", "train"], ["tokenize"], ["generate"], ["params"]]
+    "cmd",
+    [
+        [],
+        ["run"],
+        ["train"],
+        ["tokenizer", "train"],
+        ["tokenize"],
+        ["generate"],
+        ["params"],
+        ["corpus"],
+        ["corpus", "eval-filters"],
+    ],
 )
 def test_help_on_every_command(cmd):
     out = run_cli(*cmd, "--help")
@@ -120,3 +131,15 @@ def test_no_traceback_from_a_subprocess(tmp_path):
     gz.write_bytes(gzip.compress(b'{"text": "a"}\n')[:-6])
     out = run_cli("tokenizer", "train", str(gz), "--out", str(tmp_path / "t"))
     assert out.returncode == 2 and "Traceback" not in out.stderr and "corrupt.jsonl.gz" in out.stderr
+
+
+def test_corpus_eval_filters(tmp_path, capsys):
+    labels = tmp_path / "labels.jsonl"
+    good = "今日は朝から雨が降っていたので、私は家で静かに本を読んで過ごすことにしました。"
+    bad = "激安セール！！送料無料！！今すぐクリック！！激安セール！！送料無料！！今すぐクリック！！"
+    rows = [{"text": good, "label": "good"}, {"text": bad, "label": "bad"}]
+    labels.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert main(["corpus", "eval-filters", str(labels), "--snippets"]) == 0
+    out = capsys.readouterr().out.lower()
+    assert "precision" in out and "recall" in out
+    expect_error(capsys, ["corpus", "eval-filters", str(tmp_path / "missing.jsonl")], "missing.jsonl")

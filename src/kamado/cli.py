@@ -6,6 +6,7 @@
     kamado train recipes/small.toml --optim.lr=3e-4  # pre-train from a preset, dotted overrides
     kamado generate RUN_OR_CHECKPOINT --prompt "吾輩は"
     kamado params recipes/100b.toml                  # exact parameter count and FLOPs/token of a preset
+    kamado corpus eval-filters LABELLED.jsonl        # precision/recall/F1 of the quality filters on labelled text
 
 Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2.
 """
@@ -105,6 +106,14 @@ def cmd_params(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"training FLOPs/token at seq_len {cfg.data.seq_len}: {flops_per_token(m, cfg.data.seq_len):.4g}")
 
 
+def cmd_corpus_eval_filters(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.corpus.quality import QualityConfig
+    from kamado.corpus.quality_eval import evaluate, format_report
+
+    cfg = QualityConfig.for_snippets() if args.snippets else QualityConfig()
+    print(format_report(evaluate(args.labels, cfg)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="kamado", description=__doc__, formatter_class=fmt)
@@ -146,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=cmd_generate)
+
+    co = sub.add_parser("corpus", help="web corpus commands (WARC → Japanese Markdown → filters → dedup)")
+    cos = co.add_subparsers(dest="corpus_command", required=True, metavar="SUBCOMMAND")
+    ef = cos.add_parser("eval-filters", help="precision/recall/F1 of the quality filters on human-labelled text")
+    ef.add_argument("labels", help='JSONL, one {"text": ..., "label": "good"|"bad"} per line')
+    ef.add_argument("--snippets", action="store_true", help="snippet preset: no minimum length (for mC4 snippets)")
+    ef.set_defaults(fn=cmd_corpus_eval_filters)
 
     pa = sub.add_parser("params", help="exact parameter count and FLOPs/token of a preset")
     pa.add_argument("config")
