@@ -278,5 +278,5 @@ def test_bad_labelled_files_raise_one_clear_error(tmp_path: Path, content: str, 
 
 
 def test_missing_labelled_file(tmp_path: Path) -> None:
-    with pytest.raises(KamadoError, match=r"nope\.jsonl: labelled file not found"):
+    with pytest.raises(KamadoError, match=r"nope\.jsonl: file not found"):
         evaluate(tmp_path / "nope.jsonl", SNIPPETS)

@@ -19,11 +19,11 @@ chance here, because these snippets lost their line breaks (menus and titles run
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kamado.corpus.quality import RULE_NAMES, QualityConfig, failed_rules, quality_stats
+from kamado.data.jsonl import iter_records
 from kamado.errors import DataError
 
 LABELS = ("good", "bad")
@@ -72,24 +72,11 @@ class QualityReport:
 
 
 def read_labelled(path: str | Path) -> list[tuple[str, str]]:
-    """(text, label) per non-blank line; DataError naming file and line for anything else."""
+    """(text, label) per non-blank line (`.jsonl`, optionally compressed); DataError naming file and line for
+    anything else."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{p}: labelled file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: cannot read as UTF-8 text ({e})") from None
     rows = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise DataError(f'{p}:{lineno}: expected an object with a string "text" field')
+    for lineno, obj in iter_records(p):
         if obj.get("label") not in LABELS:
             raise DataError(f'{p}:{lineno}: "label" must be "good" or "bad", got {obj.get("label")!r}')
         rows.append((obj["text"], obj["label"]))

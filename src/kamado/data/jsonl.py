@@ -40,8 +40,8 @@ def _open_raw(path: Path) -> tuple[io.BufferedReader, Any]:
     return raw, stream
 
 
-def iter_texts(path: Path, raw_pos: list[int] | None = None) -> Iterator[str]:
-    """Yield each line's "text"; DataError naming file:line for bad JSON, a missing "text", or bad UTF-8.
+def iter_records(path: Path, raw_pos: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) per line; DataError naming file:line for bad JSON, a missing "text", or bad UTF-8.
 
     Blank lines are skipped. If `raw_pos` is given, raw_pos[0] tracks bytes read from disk (for progress).
     """
@@ -73,7 +73,13 @@ def iter_texts(path: Path, raw_pos: list[int] | None = None) -> Iterator[str]:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
-            yield obj["text"]
+            yield lineno, obj
+
+
+def iter_texts(path: Path, raw_pos: list[int] | None = None) -> Iterator[str]:
+    """Yield each line's "text" (see `iter_records`)."""
+    for _, obj in iter_records(path, raw_pos):
+        yield obj["text"]
 
 
 def iter_jsonl_texts(paths: Sequence[str | Path]) -> Iterator[str]:
