@@ -127,9 +127,7 @@ def iter_warc_responses(path: Path) -> Iterator[tuple[str, dict[str, str], bytes
                 k, _, v = line.decode("utf-8", "replace").partition(":")
                 headers[k.strip().lower()] = v.strip()
             block = stream.read(int(headers.get("content-length", "0")))
-            if headers.get("warc-type") != "response" or "msgtype=response" not in headers.get(
-                "content-type", ""
-            ):
+            if headers.get("warc-type") != "response" or "msgtype=response" not in headers.get("content-type", ""):
                 continue
             head, _, body = block.partition(b"\r\n\r\n")
             http = {}

@@ -30,6 +30,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         ["params"],
         ["corpus"],
         ["corpus", "eval-filters"],
+        ["corpus", "run"],
     ],
 )
 def test_help_on_every_command(cmd):

@@ -6,6 +6,7 @@
     kamado train recipes/small.toml --optim.lr=3e-4  # pre-train from a preset, dotted overrides
     kamado generate RUN_OR_CHECKPOINT --prompt "吾輩は"
     kamado params recipes/100b.toml                  # exact parameter count and FLOPs/token of a preset
+    kamado corpus run WARC_DIR --out DIR             # WARC → Japanese Markdown → filters → dedup → shards
     kamado corpus eval-filters LABELLED.jsonl        # precision/recall/F1 of the quality filters on labelled text
 
 Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2.
@@ -106,6 +107,16 @@ def cmd_params(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"training FLOPs/token at seq_len {cfg.data.seq_len}: {flops_per_token(m, cfg.data.seq_len):.4g}")
 
 
+def cmd_corpus_run(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.corpus.pipeline import CorpusConfig, run_corpus
+    from kamado.corpus.quality import QualityConfig
+
+    quality = QualityConfig.for_snippets() if args.no_min_length else QualityConfig()
+    cfg = CorpusConfig(tasks=args.tasks, workers=args.workers, executor=args.executor, quality=quality)
+    summary = run_corpus(cfg, args.warc_dir, args.out)
+    print(f"{summary['documents_out']} documents → {args.out}/shards (+ manifest.json); stats: corpus_summary.json")
+
+
 def cmd_corpus_eval_filters(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.corpus.quality import QualityConfig
     from kamado.corpus.quality_eval import evaluate, format_report
@@ -158,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("corpus", help="web corpus commands (WARC → Japanese Markdown → filters → dedup)")
     cos = co.add_subparsers(dest="corpus_command", required=True, metavar="SUBCOMMAND")
+    cr = cos.add_parser("run", help="WARC files → Japanese Markdown → quality filters → dedup → uniform shards")
+    cr.add_argument("warc_dir", help="folder with .warc / .warc.gz files (searched recursively)")
+    cr.add_argument("--out", required=True, help="output folder: shards/ + manifest.json, work/, corpus_summary.json")
+    cr.add_argument("--tasks", type=int, default=2, help="datatrove tasks per stage")
+    cr.add_argument("--workers", type=int, default=2, help="tasks run at once")
+    cr.add_argument("--executor", choices=["local", "ray"], default="local")
+    cr.add_argument("--no-min-length", action="store_true", help="drop the 400-character minimum (small samples)")
+    cr.set_defaults(fn=cmd_corpus_run)
     ef = cos.add_parser("eval-filters", help="precision/recall/F1 of the quality filters on human-labelled text")
     ef.add_argument("labels", help='JSONL, one {"text": ..., "label": "good"|"bad"} per line')
     ef.add_argument("--snippets", action="store_true", help="snippet preset: no minimum length (for mC4 snippets)")

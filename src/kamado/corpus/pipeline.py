@@ -1,0 +1,130 @@
+"""`kamado corpus run`: WARC files → Japanese Markdown → quality filters → exact + MinHash dedup → uniform shards.
+
+```
+stage "extract" (tasks)      WARC pages → kana prefilter → Markdown → language ID → quality   → work/extracted/
+stages "dedup_*"             signatures → exact dups / buckets → clusters → filter          → work/deduped/
+reshard (one process)        uniform gzip JSONL shards + manifest.json                       → shards/
+```
+
+Each datatrove stage runs through an executor with its own logging folder under `work/logs/<stage>`, so a killed
+run started again with the same command skips the tasks that finished (datatrove's completion markers) and redoes
+the rest; the reshard stage rewrites its shards deterministically (see `kamado.corpus.reshard`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kamado.corpus.minhash import DedupConfig
+from kamado.corpus.quality import QualityConfig
+from kamado.corpus.reshard import ReshardConfig, reshard
+from kamado.errors import ConfigError, DataError
+
+
+@dataclass
+class CorpusConfig:
+    tasks: int = 2  # datatrove tasks per stage (input files are divided among them)
+    workers: int = 2  # tasks run at once (local executor)
+    executor: str = "local"  # "local" or "ray" (a Ray cluster must be reachable: ray.init() is called)
+    kana_min_count: int = 10
+    kana_min_fraction: float = 0.05
+    extract_timeout_s: float = 2.0
+    language_threshold: float = 0.5
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    reshard: ReshardConfig = field(default_factory=ReshardConfig)
+
+    def validate(self) -> None:
+        if self.tasks < 1 or self.workers < 1:
+            raise ConfigError(f"corpus.tasks = {self.tasks}, corpus.workers = {self.workers}: both must be >= 1")
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f'corpus.executor = "{self.executor}": must be "local" or "ray"')
+        self.dedup.validate()
+        self.reshard.validate()
+
+
+Stage = tuple[str, list[Any], int]
+
+
+def extract_stage(cfg: CorpusConfig, warc_dir: str, out_folder: str) -> Stage:
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from kamado.corpus.extract import MarkdownExtractor
+    from kamado.corpus.langid import JapaneseLanguageFilter, KanaPrefilter
+    from kamado.corpus.quality import JapaneseQualityFilter
+    from kamado.corpus.reader import WarcPageReader
+
+    reader = WarcPageReader(warc_dir, glob_pattern="*.warc*")
+    reader.add_file_path = True  # the manifest lists the source WARC of every document
+    steps = [
+        reader,
+        KanaPrefilter(cfg.kana_min_count, cfg.kana_min_fraction),
+        MarkdownExtractor(timeout_s=cfg.extract_timeout_s),
+        JapaneseLanguageFilter(cfg.language_threshold),
+        JapaneseQualityFilter(cfg.quality),
+        JsonlWriter(out_folder, compression="gzip"),
+    ]
+    return "extract", steps, cfg.tasks
+
+
+def _executor(cfg: CorpusConfig, steps: list[Any], tasks: int, logging_dir: str) -> Any:
+    if cfg.executor == "ray":
+        from datatrove.executor.ray import RayPipelineExecutor
+
+        return RayPipelineExecutor(steps, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir)
+    from datatrove.executor import LocalPipelineExecutor
+
+    return LocalPipelineExecutor(steps, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir)
+
+
+def stage_stats(logging_dir: Path) -> dict[str, dict[str, int]]:
+    """{step name: {stat: total}} from a finished stage's datatrove `stats.json`."""
+    raw = json.loads((logging_dir / "stats.json").read_text())
+    return {
+        step["name"].split(": ", 1)[-1]: {k: v["total"] if isinstance(v, dict) else v for k, v in step["stats"].items()}
+        for step in raw
+    }
+
+
+def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Run every stage (skipping tasks a killed earlier run finished); returns the summary also written to
+    `out_dir/corpus_summary.json`."""
+    cfg.validate()
+    warc_dir, out_dir = Path(warc_dir), Path(out_dir)
+    if not warc_dir.is_dir() or not any(warc_dir.rglob("*.warc*")):
+        raise DataError(f"{warc_dir}: no .warc or .warc.gz files found")
+    if cfg.executor == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()
+    seconds: dict[str, float] = {}
+    stats: dict[str, dict[str, dict[str, int]]] = {}
+    work = out_dir / "work"
+
+    def run_stage(name: str, steps: list[Any], tasks: int) -> None:
+        logs = work / "logs" / name
+        start = time.perf_counter()
+        _executor(cfg, steps, tasks, str(logs)).run()
+        seconds[name] = time.perf_counter() - start
+        stats[name] = stage_stats(logs)
+
+    run_stage(*extract_stage(cfg, str(warc_dir), str(work / "extracted")))
+    deduped = work / "deduped"
+    if any((work / "extracted").glob("*.jsonl.gz")):  # nothing to deduplicate when every page was dropped
+        from kamado.corpus.dedup import dedup_stages
+
+        for stage in dedup_stages(cfg.dedup, str(work / "extracted"), str(work / "dedup"), str(deduped), cfg.tasks):
+            run_stage(*stage)
+    start = time.perf_counter()
+    manifest = reshard(deduped, out_dir / "shards", cfg.reshard)
+    seconds["reshard"] = time.perf_counter() - start
+    summary = {"stage_seconds": seconds, "stats": stats, "documents_out": manifest["documents"]}
+    from kamado.atomic import atomic_write_text
+
+    atomic_write_text(out_dir / "corpus_summary.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    return summary
