@@ -7,5 +7,7 @@
                                                                           ─► langid.JapaneseLanguageFilter
 ```
 
-Later stages (quality filters, MinHash dedup, resharding, `kamado corpus`, Ray) build on these steps.
+then `quality.JapaneseQualityFilter` (Swallow / Gopher / HojiChar-style rules), exact + MinHash dedup on datatrove's
+sharded stages (`dedup`, `minhash`), and `reshard` into uniform shards with a manifest; `pipeline.run_corpus` (the
+`kamado corpus run` command) chains them.
 """
