@@ -11,6 +11,7 @@ from datatrove.executor import LocalPipelineExecutor
 
 from kamado.corpus.extract import MarkdownExtractor
 from kamado.corpus.langid import JapaneseLanguageFilter, KanaPrefilter
+from kamado.corpus.pipeline import stage_stats
 from kamado.corpus.reader import WarcPageReader
 
 JA_PAGE = "<html><head><title>日本語のページ</title></head><body><article><h1>お知らせ</h1><p>{}</p></article></body>"
@@ -29,11 +30,7 @@ def run_local(input_dir: Path, tmp_path: Path) -> tuple[list[dict[str, Any]], di
 
     steps = [WarcPageReader(str(input_dir)), KanaPrefilter(), MarkdownExtractor(), JapaneseLanguageFilter(), collect]
     LocalPipelineExecutor(steps, tasks=1, workers=1, logging_dir=str(tmp_path / "logs")).run()
-    raw_stats = json.loads((tmp_path / "logs" / "stats.json").read_text())
-    stats = {
-        step["name"].split(": ", 1)[1]: {k: v["total"] if isinstance(v, dict) else v for k, v in step["stats"].items()}
-        for step in raw_stats
-    }
+    stats = stage_stats(tmp_path / "logs")
     kept = [json.loads(line) for line in kept_file.read_text(encoding="utf-8").splitlines()]
     return kept, stats
 

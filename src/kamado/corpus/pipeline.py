@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kamado.atomic import atomic_write_text
 from kamado.corpus.minhash import DedupConfig
 from kamado.corpus.quality import QualityConfig
 from kamado.corpus.reshard import ReshardConfig, reshard
@@ -124,7 +125,5 @@ def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> 
     manifest = reshard(deduped, out_dir / "shards", cfg.reshard)
     seconds["reshard"] = time.perf_counter() - start
     summary = {"stage_seconds": seconds, "stats": stats, "documents_out": manifest["documents"]}
-    from kamado.atomic import atomic_write_text
-
     atomic_write_text(out_dir / "corpus_summary.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     return summary

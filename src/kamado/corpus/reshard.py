@@ -5,7 +5,7 @@ Earlier stages write one file per task, of whatever size each task's share of WA
 the task files in sorted order and starts a new shard whenever the current one reaches `shard_bytes` of
 uncompressed JSONL.
 
-Restart safety: every shard is written to a temporary name and renamed; the manifest is written last, atomically.
+Restart safety: every shard and then the manifest are written with `kamado.atomic` (temporary file, fsync, rename).
 The order is fixed and gzip's header timestamp is zero, so a run killed anywhere and started again writes
 byte-identical shards; shards left from an earlier, different run are removed before the manifest names the new set.
 """
@@ -15,13 +15,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kamado.atomic import atomic_write_text
+from kamado.atomic import atomic_write_bytes, atomic_write_text
 from kamado.errors import ConfigError, DataError
 
 SHARD_PREFIX = "shard_"
@@ -52,20 +51,15 @@ def _iter_lines(files: list[Path]) -> Any:
 
 
 def _write_shard(path: Path, lines: list[bytes], compresslevel: int) -> dict[str, Any]:
-    tmp = path.with_name(path.name + ".tmp")
     data = b"".join(lines)
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0, filename="") as gz:
-            gz.write(data)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
+    compressed = gzip.compress(data, compresslevel=compresslevel, mtime=0)  # mtime 0: identical bytes on re-runs
+    atomic_write_bytes(path, compressed)
     return {
         "file": path.name,
         "documents": len(lines),
-        "bytes": data.__len__(),
-        "compressed_bytes": path.stat().st_size,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "bytes": len(data),
+        "compressed_bytes": len(compressed),
+        "sha256": hashlib.sha256(compressed).hexdigest(),
     }
 
 
