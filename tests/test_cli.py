@@ -144,3 +144,11 @@ def test_corpus_eval_filters(tmp_path, capsys):
     out = capsys.readouterr().out.lower()
     assert "precision" in out and "recall" in out
     expect_error(capsys, ["corpus", "eval-filters", str(tmp_path / "missing.jsonl")], "missing.jsonl")
+
+
+def test_corpus_run_config_errors(capsys, tmp_path):
+    warcs = str(ROOT / "samples" / "warc")
+    expect_error(capsys, ["corpus", "run", warcs, "--out", str(tmp_path), "--dedup.treshold=0.7"], "dedup.treshold")
+    expect_error(capsys, ["corpus", "run", warcs, "--out", str(tmp_path), "--tasks=0"], "corpus.tasks")
+    expect_error(capsys, ["corpus", "run", warcs, "--out", str(tmp_path), "--config", "nope.toml"], "nope.toml")
+    expect_error(capsys, ["corpus", "run", str(tmp_path), "--out", str(tmp_path / "o")], "no .warc")

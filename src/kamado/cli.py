@@ -7,6 +7,7 @@
     kamado generate RUN_OR_CHECKPOINT --prompt "吾輩は"
     kamado params recipes/100b.toml                  # exact parameter count and FLOPs/token of a preset
     kamado corpus run WARC_DIR --out DIR             # WARC → Japanese Markdown → filters → dedup → shards
+    kamado corpus run WARC_DIR --out DIR --config recipes/corpus/common_crawl.toml --dedup.threshold=0.7
     kamado corpus eval-filters LABELLED.jsonl        # precision/recall/F1 of the quality filters on labelled text
 
 Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2.
@@ -22,12 +23,14 @@ from kamado.errors import KamadoError
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """`--section.key=value` (and top-level `--out_dir=...`) are config overrides; the rest goes to argparse."""
+    """`--section.key=value` (and top-level keys of a run or corpus config, `--out_dir=...`, `--tasks=8`) are config
+    overrides; the rest goes to argparse."""
     from dataclasses import fields
 
     from kamado.config import RunConfig
+    from kamado.corpus.config import CorpusConfig
 
-    top = {f.name for f in fields(RunConfig)}
+    top = {f.name for f in fields(RunConfig)} | {f.name for f in fields(CorpusConfig)}
     keys = {a: a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and "=" in a}
     overrides = [a for a, k in keys.items() if "." in k or k in top]
     return [a for a in argv if a not in overrides], overrides
@@ -108,13 +111,22 @@ def cmd_params(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_corpus_run(args: argparse.Namespace, overrides: list[str]) -> None:
-    from kamado.corpus.pipeline import CorpusConfig, run_corpus
-    from kamado.corpus.quality import QualityConfig
+    from kamado.corpus.config import load_corpus_config
+    from kamado.corpus.pipeline import run_corpus
 
-    quality = QualityConfig.for_snippets() if args.no_min_length else QualityConfig()
-    cfg = CorpusConfig(tasks=args.tasks, workers=args.workers, executor=args.executor, quality=quality)
+    flags = [
+        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+        for k in ("tasks", "workers", "executor")
+        if (v := getattr(args, k)) is not None
+    ]
+    cfg = load_corpus_config(args.config, flags + overrides)
+    if args.no_min_length:
+        cfg.quality.min_chars = None
     summary = run_corpus(cfg, args.warc_dir, args.out)
-    print(f"{summary['documents_out']} documents → {args.out}/shards (+ manifest.json); stats: corpus_summary.json")
+    out = Path(args.out)
+    print(
+        f"{summary['documents_out']} documents → {out / 'shards'} (+ manifest.json); report: {out / 'corpus_report.md'}"
+    )
 
 
 def cmd_corpus_eval_filters(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -172,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     cr = cos.add_parser("run", help="WARC files → Japanese Markdown → quality filters → dedup → uniform shards")
     cr.add_argument("warc_dir", help="folder with .warc / .warc.gz files (searched recursively)")
     cr.add_argument("--out", required=True, help="output folder: shards/ + manifest.json, work/, corpus_summary.json")
-    cr.add_argument("--tasks", type=int, default=2, help="datatrove tasks per stage")
-    cr.add_argument("--workers", type=int, default=2, help="tasks run at once")
-    cr.add_argument("--executor", choices=["local", "ray"], default="local")
+    cr.add_argument("--config", help="corpus preset TOML (recipes/corpus/*.toml); add --section.key=value overrides")
+    cr.add_argument("--tasks", type=int, help="datatrove tasks per stage (default: the preset's, else 2)")
+    cr.add_argument("--workers", type=int, help="tasks run at once (default: the preset's, else 2)")
+    cr.add_argument("--executor", choices=["local", "ray"], help="where tasks run (default: the preset's, else local)")
     cr.add_argument("--no-min-length", action="store_true", help="drop the 400-character minimum (small samples)")
     cr.set_defaults(fn=cmd_corpus_run)
     ef = cos.add_parser("eval-filters", help="precision/recall/F1 of the quality filters on human-labelled text")
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
-    if overrides and args.fn not in (cmd_run, cmd_train, cmd_params):
+    if overrides and args.fn not in (cmd_run, cmd_train, cmd_params, cmd_corpus_run):
         print(f"kamado: error: config overrides are not accepted by this command: {overrides}", file=sys.stderr)
         return 2
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
 
 
@@ -150,6 +151,11 @@ class SampleCorpusConfig:
     sources: dict[str, list[str]] = field(default_factory=dict)  # source name -> JSONL(.gz) files
     heldout_file: str = ""  # JSONL(.gz) of held-out Japanese text for the bits/char comparison with xz
     heldout_en_file: str = ""
+    # WARC files run through the web corpus pipeline (`kamado corpus run`) before anything else; its shards join
+    # `sources` under the name `warc_source`
+    warc_dir: str = ""
+    warc_source: str = "ja_web"
+    web: CorpusConfig = field(default_factory=CorpusConfig)
 
 
 @dataclass

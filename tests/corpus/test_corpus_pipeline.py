@@ -1,5 +1,6 @@
 """The whole corpus pipeline on the embedded WARC sample (samples/warc, in the repo): Japanese pages in, uniform
-shards + manifest out; the exact duplicate collapses; a restart after losing outputs rewrites identical shards."""
+shards + manifest out; the exact duplicate collapses; a restart after losing outputs rewrites identical shards;
+the report adds up. Killing the real command and the Ray executor are in test_corpus_kill_ray.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kamado.corpus import report
 from kamado.corpus.pipeline import CorpusConfig, run_corpus
 from kamado.corpus.quality import QualityConfig
 from kamado.corpus.reshard import ReshardConfig
@@ -20,7 +22,11 @@ SAMPLE = Path(__file__).parents[2] / "samples" / "warc"
 
 def config() -> CorpusConfig:
     return CorpusConfig(
-        tasks=2, workers=1, quality=QualityConfig.for_snippets(), reshard=ReshardConfig(shard_bytes=8000)
+        tasks=2,
+        workers=1,
+        extract_timeout_s=30.0,  # generous: the output must not depend on how loaded the machine is
+        quality=QualityConfig.for_snippets(),
+        reshard=ReshardConfig(shard_bytes=8000),
     )
 
 
@@ -53,7 +59,7 @@ def test_pipeline_outputs_japanese_shards_and_manifest(first_run: tuple[Path, di
     urls = [d["metadata"]["url"] for d in kept]
     assert len(urls) == len(set(urls))
     assert not ({"http://sample.kamado/nhk.or.jp.html", "http://mirror.kamado/nhk.html"} <= set(urls))  # exact dup
-    assert summary["stats"]["dedup_filter"]["🫂 Duplicate filter"].get("exact_duplicate", 0) >= 1
+    assert summary["stats"]["dedup_filter"]["🫂 Duplicate filter"].get("dropped_exact_duplicate", 0) >= 1
 
 
 def test_restart_after_losing_outputs_is_identical(first_run: tuple[Path, dict], tmp_path: Path) -> None:
@@ -75,3 +81,55 @@ def test_bad_inputs(tmp_path: Path) -> None:
         run_corpus(config(), tmp_path, tmp_path / "out")
     with pytest.raises(ConfigError, match=r"corpus\.executor"):
         run_corpus(CorpusConfig(executor="spark"), SAMPLE, tmp_path / "out")
+
+
+def test_report_adds_up(first_run: tuple[Path, dict]) -> None:
+    out, summary = first_run
+    rows = report.funnel(summary)
+    counts = [n for _, n in rows]
+    assert counts == sorted(counts, reverse=True) and counts[-1] == summary["documents_out"]
+    drops: dict[str, int] = {}
+    for step, _, n in report.rejections(summary):
+        drops[step] = drops.get(step, 0) + n
+    funnel = dict(rows)
+    # every document lost between two rows is accounted for by a named reason
+    assert drops["🈂 Kana prefilter"] == funnel["pages (HTML or text)"] - funnel["kana prefilter"]
+    assert drops["🗾 Japanese language ID"] == funnel["Markdown extracted"] - funnel["Japanese (language ID)"]
+    assert drops["🎌 Japanese quality"] == funnel["Japanese (language ID)"] - funnel["quality filters"]
+    assert drops["🫂 Duplicate filter"] == funnel["quality filters"] - funnel["deduplicated"] >= 1
+    langs = report.languages(summary)
+    assert sum(langs.values()) == funnel["Markdown extracted"] and langs["ja"] >= funnel["Japanese (language ID)"]
+    assert set(langs) - {"ja"}, "the sample's English pages with kana in their markup reach language ID"
+    assert report.speed(summary)["pages_per_s"] > 0
+    text = (out / "corpus_report.md").read_text()
+    assert "| deduplicated | " in text and "no_kana" in text and "pages/s per worker" in text
+    assert (out / "corpus_funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_step_names_match_the_steps() -> None:
+    from kamado.corpus.dedup import DuplicateFilter
+    from kamado.corpus.extract import MarkdownExtractor
+    from kamado.corpus.langid import JapaneseLanguageFilter, KanaPrefilter
+    from kamado.corpus.quality_filter import JapaneseQualityFilter
+    from kamado.corpus.reader import WarcPageReader
+
+    names = [c.name for c in (WarcPageReader, KanaPrefilter, MarkdownExtractor, JapaneseLanguageFilter)]
+    names += [JapaneseQualityFilter.name, DuplicateFilter.name]
+    for _, part, _ in report.STEP_NAMES.values():
+        assert any(part in name for name in names), part
+
+
+def test_corpus_preset_and_overrides(tmp_path: Path) -> None:
+    from kamado.corpus.config import load_corpus_config
+
+    presets = Path(__file__).parents[2] / "recipes" / "corpus"
+    cc = load_corpus_config(presets / "common_crawl.toml", ["--dedup.threshold=0.7", "--tasks=8"])
+    assert (cc.tasks, cc.workers, cc.dedup.threshold, cc.reshard.shard_bytes) == (8, 16, 0.7, 64 * 2**20)
+    sample = load_corpus_config(presets / "sample.toml")
+    assert sample.quality.disabled_rules == ["too_short"] and sample.dedup == CorpusConfig().dedup
+    with pytest.raises(ConfigError, match=r"unknown config key 'dedup\.treshold'"):
+        load_corpus_config(None, ["--dedup.treshold=0.7"])
+    with pytest.raises(ConfigError, match=r"quality\.disabled_rules: unknown rule"):
+        load_corpus_config(None, ['--quality.disabled_rules=["too_long"]'])
+    with pytest.raises(ConfigError, match="rows_per_band"):
+        load_corpus_config(None, ["--dedup.rows_per_band=0"])

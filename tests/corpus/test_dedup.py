@@ -162,7 +162,7 @@ def test_exact_duplicates_after_normalization_collapse(tmp_path: Path) -> None:
     write_corpus(tmp_path / "in", [[PARAGRAPH, OTHER, *variants[:2]], [variants[2], THIRD, variants[3]]])
     kept, stats = run_dedup(DedupConfig(minhash=False), tmp_path / "in", tmp_path, tasks=1)
     assert [d["id"] for d in kept] == ["f0-0", "f0-1", "f1-1"]  # the first copy survives
-    assert stats["🫂 Duplicate filter"]["exact_duplicate"] == 4
+    assert stats["🫂 Duplicate filter"]["dropped_exact_duplicate"] == 4
     assert kept[0]["metadata"]["url"] == "http://example.jp/0/0"
 
 
@@ -173,8 +173,8 @@ def test_near_duplicates_collapse_and_unrelated_pages_survive(tmp_path: Path) ->
     write_corpus(tmp_path / "in", [[PARAGRAPH, OTHER], [edited, THIRD, footer]])
     kept, stats = run_dedup(DedupConfig(), tmp_path / "in", tmp_path, tasks=2)
     assert [d["id"] for d in kept] == ["f0-0", "f0-1", "f1-1"]
-    assert stats["🫂 Duplicate filter"]["near_duplicate"] == 2
-    assert "exact_duplicate" not in stats["🫂 Duplicate filter"]
+    assert stats["🫂 Duplicate filter"]["dropped_near_duplicate"] == 2
+    assert "dropped_exact_duplicate" not in stats["🫂 Duplicate filter"]
 
 
 def test_survivors_do_not_depend_on_runs_or_tasks(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_clueweb_extracted_shop_pages_collapse_to_one(web_data: Path, tmp_path: 
     assert len(pages) == 29 and len({p["text"] for p in pages}) == 1
     kept, stats = run_dedup(DedupConfig(), data, tmp_path / "dedup", tasks=2)
     assert [d["id"] for d in kept] == [pages[0]["id"]]
-    assert stats["🫂 Duplicate filter"]["exact_duplicate"] == 28
+    assert stats["🫂 Duplicate filter"]["dropped_exact_duplicate"] == 28
 
 
 def test_clueweb_near_duplicate_shop_pages_collapse(web_data: Path, tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_clueweb_near_duplicate_shop_pages_collapse(web_data: Path, tmp_path: Pa
     for p in pages:  # every page removed has a close kept page
         if p["id"] not in kept_ids:
             assert max(similar[index[p["id"]], index[k]] for k in kept_ids) >= 0.8
-    assert 3 <= stats["🫂 Duplicate filter"]["near_duplicate"] <= 8
+    assert 3 <= stats["🫂 Duplicate filter"]["dropped_near_duplicate"] <= 8
 
     # datatrove's plain LSH (no check) chains the template-sharing pages into one or two clusters (24 vs 2 pages)
     unchecked, _ = run_dedup(DedupConfig(threshold=0), data, tmp_path / "unchecked", tasks=1)

@@ -14,7 +14,6 @@ from datatrove.data import Document
 from kamado.corpus import quality_rules as qr
 from kamado.corpus.quality import (
     RULE_NAMES,
-    JapaneseQualityFilter,
     QualityConfig,
     check_text,
     failed_rules,
@@ -22,6 +21,7 @@ from kamado.corpus.quality import (
     quality_stats,
 )
 from kamado.corpus.quality_eval import QualityReport, evaluate, format_report
+from kamado.corpus.quality_filter import JapaneseQualityFilter
 from kamado.errors import ConfigError, KamadoError
 
 SAMPLES = Path(__file__).parents[2] / "samples"

@@ -7,7 +7,8 @@
                                                                           ─► langid.JapaneseLanguageFilter
 ```
 
-then `quality.JapaneseQualityFilter` (Swallow / Gopher / HojiChar-style rules), exact + MinHash dedup on datatrove's
-sharded stages (`dedup`, `minhash`), and `reshard` into uniform shards with a manifest; `pipeline.run_corpus` (the
-`kamado corpus run` command) chains them.
+then `quality_filter.JapaneseQualityFilter` (Swallow / Gopher / HojiChar-style rules; thresholds in `quality`),
+exact + MinHash dedup on datatrove's sharded stages (`dedup`, `minhash`), and `reshard` into uniform shards with a
+manifest; `pipeline.run_corpus` (the `kamado corpus run` command) chains them, configured by `config.CorpusConfig`
+(TOML presets in `recipes/corpus/`), and `report` writes the funnel, drop reasons, languages and speed.
 """

@@ -226,8 +226,8 @@ class VerifiedMinhashCluster(MinhashDedupCluster):
 
 
 class DuplicateFilter(PipelineStep):
-    """Drops the documents listed by the exact finder (stat `exact_duplicate`) and by the MinHash clusters
-    (`near_duplicate`), numbering documents as the signature stage did (same reader, same rank)."""
+    """Drops the documents listed by the exact finder (stat `dropped_exact_duplicate`) and by the MinHash clusters
+    (`dropped_near_duplicate`), numbering documents as the signature stage did (same reader, same rank)."""
 
     type = "🫂 - DEDUP"
     name = "🫂 Duplicate filter"
@@ -255,7 +255,9 @@ class DuplicateFilter(PipelineStep):
         for idx, doc in enumerate(data):
             self.stat_update(StatHints.total)
             if idx in exact or idx in near:
-                self.stat_update(StatHints.dropped, "exact_duplicate" if idx in exact else "near_duplicate")
+                self.stat_update(
+                    StatHints.dropped, "dropped_exact_duplicate" if idx in exact else "dropped_near_duplicate"
+                )
                 continue
             self.stat_update(StatHints.forwarded)
             yield doc

@@ -77,6 +77,7 @@ class JapaneseLanguageFilter(BaseFilter):
         lang, prob = identify_language(doc.text)
         doc.metadata["language"] = lang
         doc.metadata["language_score"] = round(prob, 4)
+        self.stat_update(f"lang_{lang}")  # languages seen, for the report
         if lang == "ja" and prob >= self.threshold:
             return True
         return False, "not_japanese"

@@ -15,38 +15,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kamado.atomic import atomic_write_text
-from kamado.corpus.minhash import DedupConfig
-from kamado.corpus.quality import QualityConfig
-from kamado.corpus.reshard import ReshardConfig, reshard
-from kamado.errors import ConfigError, DataError
-
-
-@dataclass
-class CorpusConfig:
-    tasks: int = 2  # datatrove tasks per stage (input files are divided among them)
-    workers: int = 2  # tasks run at once (local executor)
-    executor: str = "local"  # "local" or "ray" (a Ray cluster must be reachable: ray.init() is called)
-    kana_min_count: int = 10
-    kana_min_fraction: float = 0.05
-    extract_timeout_s: float = 2.0
-    language_threshold: float = 0.5
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    reshard: ReshardConfig = field(default_factory=ReshardConfig)
-
-    def validate(self) -> None:
-        if self.tasks < 1 or self.workers < 1:
-            raise ConfigError(f"corpus.tasks = {self.tasks}, corpus.workers = {self.workers}: both must be >= 1")
-        if self.executor not in ("local", "ray"):
-            raise ConfigError(f'corpus.executor = "{self.executor}": must be "local" or "ray"')
-        self.dedup.validate()
-        self.reshard.validate()
-
+from kamado.corpus.config import CorpusConfig
+from kamado.corpus.report import write_corpus_report
+from kamado.corpus.reshard import reshard
+from kamado.errors import DataError
 
 Stage = tuple[str, list[Any], int]
 
@@ -56,7 +32,7 @@ def extract_stage(cfg: CorpusConfig, warc_dir: str, out_folder: str) -> Stage:
 
     from kamado.corpus.extract import MarkdownExtractor
     from kamado.corpus.langid import JapaneseLanguageFilter, KanaPrefilter
-    from kamado.corpus.quality import JapaneseQualityFilter
+    from kamado.corpus.quality_filter import JapaneseQualityFilter
     from kamado.corpus.reader import WarcPageReader
 
     reader = WarcPageReader(warc_dir, glob_pattern="*.warc*")
@@ -102,7 +78,7 @@ def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> 
         import ray
 
         if not ray.is_initialized():
-            ray.init()
+            ray.init(address=cfg.ray_address or None)
     seconds: dict[str, float] = {}
     stats: dict[str, dict[str, dict[str, int]]] = {}
     work = out_dir / "work"
@@ -124,6 +100,13 @@ def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> 
     start = time.perf_counter()
     manifest = reshard(deduped, out_dir / "shards", cfg.reshard)
     seconds["reshard"] = time.perf_counter() - start
-    summary = {"stage_seconds": seconds, "stats": stats, "documents_out": manifest["documents"]}
+    summary = {
+        "executor": cfg.executor,
+        "workers": min(cfg.workers, cfg.tasks),
+        "stage_seconds": seconds,
+        "stats": stats,
+        "documents_out": manifest["documents"],
+    }
     atomic_write_text(out_dir / "corpus_summary.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    write_corpus_report(out_dir, summary)
     return summary

@@ -31,9 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from datatrove.data import Document
-from datatrove.pipeline.filters.base_filter import BaseFilter
-
 from kamado.corpus import quality_rules as qr
 from kamado.corpus.quality_rules import Stats
 from kamado.errors import ConfigError
@@ -192,26 +189,3 @@ def check_text(text: str, cfg: QualityConfig) -> tuple[str | None, Stats]:
         if fails(stats, cfg):
             return name, stats
     return None, stats
-
-
-METADATA_STATS = ("chars", "hiragana_frac", "japanese_frac", "avg_sentence_chars")
-
-
-class JapaneseQualityFilter(BaseFilter):
-    """Drops documents that fail a rule of `QualityConfig`, naming the first failed rule, so the step's stats
-    hold `dropped_<rule>` counts (and an exclusion writer gets `metadata["filter_reason"]`). Kept documents get
-    four rounded statistics in `metadata["quality"]` (length, hiragana and Japanese fractions, mean sentence
-    length): enough to look at what was kept, small enough for every record."""
-
-    name = "🎌 Japanese quality"
-
-    def __init__(self, config: QualityConfig | None = None, exclusion_writer: Any = None):
-        super().__init__(exclusion_writer)
-        self.config = config or QualityConfig()
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        failed, stats = check_text(doc.text, self.config)
-        if failed is not None:
-            return False, failed
-        doc.metadata["quality"] = {k: round(stats[k], 3) for k in METADATA_STATS if k in stats}
-        return True
