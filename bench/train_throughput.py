@@ -12,6 +12,7 @@ median of its per-round ratios, and the bf16 matmul peak is the best of a measur
 
     .venv/bin/python bench/train_throughput.py            # the `small` preset, batch 4 × 1024
     .venv/bin/python bench/train_throughput.py --steps 3 --modes eager
+    python bench/train_throughput.py --device cuda --preset recipes/1b.toml --batch 8 --seq 2048   # on a GPU
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ def hf_qwen3(cfg) -> torch.nn.Module:
 def make_step(model: torch.nn.Module, kind: str, compile_: bool, z_loss: float) -> Callable:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     fwd = torch.compile(model) if compile_ else model
+    device_type = next(model.parameters()).device.type
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:  # float(loss) waits for the device: the step is complete
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             # HF shifts its labels internally; kamado takes next-token targets
             loss = fwd(x, y, z_loss_coef=z_loss).loss if kind == "kamado" else fwd(input_ids=x, labels=x).loss
         loss.backward()
@@ -104,23 +106,27 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compile")
     ap.add_argument("--models", default="hf,kamado")
     ap.add_argument("--max-foreign", type=float, default=0.1, help="discard rounds busier than this from elsewhere")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    peak_n = 8192 if device.type == "cuda" else 2048
 
     cfg = load_config(args.preset).model
     torch.manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
+    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq)).to(device)
     y = torch.roll(x, -1, dims=1)
     tokens = args.batch * args.seq
     fpt = flops_per_token(cfg, args.seq)
-    print(f"threads={torch.get_num_threads()} shape d={cfg.d_model} L={cfg.n_layers} vocab={cfg.vocab_size}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}, torch {torch.__version__}; shape d={cfg.d_model} L={cfg.n_layers} vocab={cfg.vocab_size}")
     print(f"batch {args.batch}x{args.seq}, model FLOPs/token {fpt / 1e6:.1f} M, load average {os.getloadavg()[0]:.2f}")
-    peak = measure_matmul_peak(torch.bfloat16, seconds=2.0)
+    peak = measure_matmul_peak(torch.bfloat16, n=peak_n, seconds=2.0, device=device)
 
     steps: dict[str, Callable] = {}
     for mode in args.modes.split(","):
         for kind in args.models.split(","):
             torch.manual_seed(0)
-            model = hf_qwen3(cfg) if kind == "hf" else Transformer(cfg)
+            model = (hf_qwen3(cfg) if kind == "hf" else Transformer(cfg)).to(device)
             steps[f"{kind}-{mode}"] = step = make_step(model, kind, mode == "compile", 1e-4)
             t0 = time.perf_counter()
             for _ in range(args.warmup + (1 if mode == "compile" else 0)):
@@ -136,7 +142,7 @@ def main() -> None:
             worst_kept = max(worst_kept, foreign)
         else:
             discarded += 1
-    peak = max(peak, measure_matmul_peak(torch.bfloat16, seconds=2.0))
+    peak = max(peak, measure_matmul_peak(torch.bfloat16, n=peak_n, seconds=2.0, device=device))
     print(f"bf16 matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(
         f"{len(rounds)} rounds kept, {discarded} discarded; other processes used at most {100 * worst_kept:.0f}% "

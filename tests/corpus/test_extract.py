@@ -10,7 +10,7 @@ import pytest
 from datatrove.data import Document
 
 from kamado.corpus.extract import MarkdownExtractor, html_to_markdown, tidy_markdown
-from kamado.corpus.sandbox import SandboxCallFailed, SandboxCrashed, TimeoutSandbox
+from kamado.corpus.sandbox import SandboxCallFailed, SandboxCrashed, TimeoutSandbox, cpu_seconds
 
 PARA = "<p>" + "これは本文の段落です。見出しや表と一緒に抽出されるべき内容が続きます。" * 4 + "</p>"
 ARTICLE = f"""<html><head><title>t</title></head><body>
@@ -47,6 +47,10 @@ def test_real_page_extracts_japanese_main_text(web_data: Path) -> None:
 def _work(request: dict) -> str:
     if request.get("sleep"):
         time.sleep(request["sleep"])
+    if request.get("spin"):
+        end = time.monotonic() + request["spin"]
+        while time.monotonic() < end:
+            pass
     if request.get("die"):
         os._exit(1)
     if request.get("raise"):
@@ -69,6 +73,19 @@ def test_sandbox_timeout_crash_and_error_then_recovers() -> None:
         assert sandbox.call({"text": "\ud800 lone surrogate"}) == "\ud800 LONE SURROGATE"
 
 
+@pytest.mark.skipif(cpu_seconds(os.getpid()) is None, reason="CPU-time deadlines need /proc (Linux)")
+def test_sandbox_deadline_is_cpu_time() -> None:
+    with TimeoutSandbox(_work, timeout_s=0.3, wall_factor=20) as sandbox:
+        # waiting is not computing: 1 s of wall time but almost no CPU passes a 0.3 s deadline (a loaded machine
+        # starving the child looks the same, and must not drop the page)
+        assert sandbox.call({"text": "slept", "sleep": 1.0}) == "SLEPT"
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            sandbox.call({"text": "x", "spin": 30})  # computing: stopped after ~0.3 s of CPU, long before 6 s of wall
+        assert time.monotonic() - start < 4
+        assert sandbox.call({"text": "next"}) == "NEXT"
+
+
 def test_extractor_step_counts_every_drop() -> None:
     docs = [
         Document(text=ARTICLE, id="html", metadata={"kind": "html"}),
@@ -84,6 +101,6 @@ def test_extractor_step_counts_every_drop() -> None:
 
 
 def test_extractor_step_drops_a_page_past_its_deadline() -> None:
-    step = MarkdownExtractor(timeout_s=0.001)
-    assert list(step(iter([Document(text=ARTICLE * 20, id="slow", metadata={"kind": "html"})]))) == []
+    step = MarkdownExtractor(timeout_s=0.001)  # CPU time is counted in 10 ms ticks: the page needs far more
+    assert list(step(iter([Document(text=ARTICLE * 200, id="slow", metadata={"kind": "html"})]))) == []
     assert step.stats["timeout"].total == 1

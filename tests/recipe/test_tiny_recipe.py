@@ -19,7 +19,8 @@ SHRINK = [
     "--model.ffn_hidden=128",
     "--model.max_seq_len=64",
     "--data.seq_len=64",
-    "--data.phases=[{start_tokens = 0, weights = {ja = 1.0, en = 1.0}}, {start_tokens = 4096, weights = {ja = 1.0}}]",
+    "--data.phases=[{start_tokens = 0, weights = {ja = 1.0, en = 1.0, ja_web = 0.5}},"
+    " {start_tokens = 4096, weights = {ja = 1.0}}]",
     "--tokenizer.vocab_size=1000",
     "--train.batch_size=4",
     "--train.eval_every=8",
@@ -53,13 +54,17 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path):
         assert (full / f).is_file(), f
     assert list((full / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((full / "summary.json").read_text())
-    assert set(summary["stage_seconds"]) >= {"tokenizer", "shards", "pretrain", "bits/char vs xz", "generate"}
+    assert set(summary["stage_seconds"]) >= {"web corpus", "tokenizer", "shards", "pretrain", "bits/char vs xz"}
+    # the recipe starts from the WARC sample: its web corpus is a training source with its own shards
+    assert summary["web_corpus"]["documents_out"] >= 10
+    assert (full / "corpus" / "corpus_funnel.png").is_file() and (full / "data" / "ja_web" / "manifest.json").is_file()
+    assert any(name == "ja_web" for name, _ in summary["data_rows"])
     bpc = summary["bits_per_char"]
     assert {k.split()[0] for k in bpc} == {"ja", "en"}
     assert all(0 < r["model"] < 20 and 0 < r["xz"] < 20 for r in bpc.values())
     assert len(summary["samples"]) == 3
     report = (full / "report.md").read_text()
-    assert "bits per character" in report and "loss.png" in report
+    assert "bits per character" in report and "loss.png" in report and "## Web corpus" in report
     seq = losses(full)
     assert sorted(seq) == list(range(1, 25))
     phases = [json.loads(x).get("phase") for x in (full / "metrics.jsonl").read_text().splitlines()]

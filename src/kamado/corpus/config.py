@@ -22,7 +22,7 @@ class CorpusConfig:
     ray_address: str = ""  # executor "ray": "" starts Ray on this machine; "auto" or "ray://HOST:10001" joins a cluster
     kana_min_count: int = 10
     kana_min_fraction: float = 0.05
-    extract_timeout_s: float = 2.0  # per page; a page that takes longer is dropped (stat `timeout`)
+    extract_timeout_s: float = 2.0  # CPU seconds per page (5× that of wall time at most); else dropped as `timeout`
     language_threshold: float = 0.5
     quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

@@ -5,9 +5,9 @@ read and write; flattened to plain text, a table is a run of cells and a code bl
 trafilatura (Barbaresi, ACL 2021) removes navigation, footers, ads and comments, and with
 `output_format="markdown"` + `include_formatting=True` writes `#` headings, `-` lists, `|` tables and fenced code.
 
-Each HTML page is extracted in a `TimeoutSandbox` child, so a page that takes longer than `timeout_s` is dropped
-(stat `timeout`) instead of stalling the worker; a page that crashes the child is dropped (`extractor_crashed`)
-and the child is replaced. Plain-text documents (`metadata["kind"] == "text"`) skip the sandbox: there is
+Each HTML page is extracted in a `TimeoutSandbox` child, so a page that needs more than `timeout_s` of CPU time
+(or five times that of wall time) is dropped (stat `timeout`) instead of stalling the worker; a page that crashes
+the child is dropped (`extractor_crashed`) and the child is replaced. Plain-text documents (`metadata["kind"] == "text"`) skip the sandbox: there is
 nothing to parse, only line endings and blank lines to tidy.
 """
 

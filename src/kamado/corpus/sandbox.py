@@ -5,8 +5,11 @@ giant table can take minutes. A signal alarm cannot interrupt lxml's C code and 
 a thread cannot be killed. A child process can. The child is forked once and serves calls until one overruns its
 deadline or kills the child (out of memory, a crash in C), then it is replaced at the next call.
 
-This is datatrove's `ExtractorSandbox` idea with one difference: requests and replies cross the pipe as JSON
-bytes (`Connection.send_bytes`), never as pickles. Linux and macOS only (fork).
+This is datatrove's `ExtractorSandbox` idea with two differences. Requests and replies cross the pipe as JSON
+bytes (`Connection.send_bytes`), never as pickles. And the deadline counts the child's CPU time, not wall time
+(on Linux, from /proc): on a loaded machine a page is not dropped because other processes held the cores, so the
+output does not depend on the load. A child that stops computing (blocked, starved) is still stopped after
+`wall_factor` × the deadline of wall time. Elsewhere the deadline is wall time. Linux and macOS only (fork).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.connection
+import os
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -38,6 +43,19 @@ def _load(data: bytes) -> Any:
     return json.loads(data.decode("utf-8", "surrogatepass"))
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (None where /proc is missing, e.g. macOS)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state is field 3
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15)
+
+
 def _serve(conn: multiprocessing.connection.Connection, fn: JsonFunction) -> None:
     while True:
         try:
@@ -54,13 +72,15 @@ def _serve(conn: multiprocessing.connection.Connection, fn: JsonFunction) -> Non
 class TimeoutSandbox:
     """`call(request)` runs `fn(request)` in the child; JSON-serialisable in and out.
 
-    Raises TimeoutError after `timeout_s` seconds (the child is killed), SandboxCrashed if the child died, and
-    SandboxCallFailed carrying the message of an exception raised by `fn`."""
+    Raises TimeoutError once the call has used `timeout_s` seconds of CPU time, or `wall_factor` × `timeout_s` of
+    wall time (the child is killed), SandboxCrashed if the child died, and SandboxCallFailed carrying the message
+    of an exception raised by `fn`."""
 
-    def __init__(self, fn: JsonFunction, timeout_s: float):
-        assert timeout_s > 0, "timeout_s must be positive"
+    def __init__(self, fn: JsonFunction, timeout_s: float, wall_factor: float = 5.0):
+        assert timeout_s > 0 and wall_factor >= 1, "timeout_s must be positive and wall_factor >= 1"
         self.fn = fn
         self.timeout_s = timeout_s
+        self.wall_factor = wall_factor
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
 
@@ -79,8 +99,9 @@ class TimeoutSandbox:
             self.close()
             conn = self._start()
         try:
+            cpu0 = cpu_seconds(self._process.pid)
             conn.send_bytes(_dump(request))
-            if not conn.poll(self.timeout_s):
+            if not self._wait(conn, cpu0):
                 self.close()
                 raise TimeoutError(f"no reply within {self.timeout_s} s")
             reply = _load(conn.recv_bytes())
@@ -90,6 +111,21 @@ class TimeoutSandbox:
         if "error" in reply:
             raise SandboxCallFailed(reply["error"])
         return reply["ok"]
+
+    def _wait(self, conn: multiprocessing.connection.Connection, cpu0: float | None) -> bool:
+        """True when a reply is ready before the deadline (CPU time where measurable, else wall time)."""
+        if conn.poll(self.timeout_s):  # the child cannot have used more CPU than the wall time that passed
+            return True
+        if cpu0 is None:
+            return False
+        wall_end = time.monotonic() + (self.wall_factor - 1) * self.timeout_s
+        while time.monotonic() < wall_end:
+            used = cpu_seconds(self._process.pid)
+            if used is None or used - cpu0 >= self.timeout_s:
+                return conn.poll(0)
+            if conn.poll(min(0.05, max(self.timeout_s - (used - cpu0), 0.001))):
+                return True
+        return conn.poll(0)
 
     def close(self) -> None:
         """Stop the child (if any); the next call starts a fresh one."""

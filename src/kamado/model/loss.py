@@ -92,7 +92,7 @@ class _LinearLMLoss(torch.autograd.Function):
             grad_w = h.new_zeros(weight.shape, dtype=torch.float32)
             grad_w_chunk = _workspace("grad_w_chunk", w.shape, compute_dtype, h.device)
             grad_w_chunk32 = _workspace("grad_w_chunk32", w.shape, torch.float32, h.device)
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(h.device.type, enabled=False):
             for s in range(0, h.shape[0], rows):
                 hc, tc, vc = h[s : s + rows], t[s : s + rows].clamp_min(0), valid[s : s + rows]
                 lg, xc = torch.mm(hc, w.T, out=logits[: len(hc)]), x[: len(hc)]
@@ -138,7 +138,8 @@ def linear_lm_loss(
 
     Runs the matmuls in the autocast dtype when autocast is on (as `nn.Linear` would), reductions in float32.
     """
-    compute_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden.dtype
+    dev = hidden.device.type  # autocast is per device type: on a GPU, the CUDA autocast dtype applies
+    compute_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     n = int((targets != IGNORE_INDEX).sum())
     loss, ce, z = _LinearLMLoss.apply(hidden, weight, targets, z_loss_coef, chunk_rows, compute_dtype, need_grad)

@@ -1,10 +1,11 @@
 """`kamado run RECIPE`: every stage of the recipe, in order, into one run folder.
 
-    sample corpus -> tokenizer -> shards -> pre-training -> held-out bits/char vs xz -> generation -> report
+    WARC sample -> web corpus -> (+ sample texts) tokenizer -> shards -> pre-training -> held-out bits/char vs xz
+    -> generation -> report
 
 Each stage writes its output under the run folder and is skipped when that output is already complete, so
 re-running the same command after a kill continues where it stopped (training resumes from its last checkpoint).
-Later stages of the PLaMo recipe (corpus pipeline from WARC, SFT, DPO, merging, evaluation, serving) join here.
+Later stages of the PLaMo recipe (SFT, DPO, merging, evaluation, serving) join here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from kamado.atomic import atomic_write_text
 from kamado.config import RunConfig, SourceConfig
 from kamado.data.jsonl import iter_jsonl_texts
 from kamado.data.tokenize import tokenize_files
-from kamado.errors import ConfigError
+from kamado.errors import ConfigError, DataError
 from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
 from kamado.model.generate import SamplingParams, generate
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
@@ -53,6 +54,20 @@ class Stages:
         return out
 
 
+def web_corpus(cfg: RunConfig, warc_dir: Path, out: Path) -> dict[str, Any]:
+    """`kamado corpus run` on the recipe's WARC folder (skipped when a finished run is there); its summary."""
+    from kamado.corpus.pipeline import run_corpus
+
+    done = out / "corpus_summary.json"
+    if done.is_file() and (out / "shards" / "manifest.json").is_file():
+        result: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
+    else:
+        result = run_corpus(cfg.corpus.web, warc_dir, out)
+    if not result["documents_out"]:
+        raise DataError(f"{warc_dir}: the web corpus pipeline kept no documents (see {out / 'corpus_report.md'})")
+    return result
+
+
 def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     base = recipe_path.resolve().parent
     out = Path(cfg.out_dir)
@@ -66,6 +81,16 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"name": cfg.name, "stage_seconds": {}, "data_rows": [], "train_rows": []}
     stages = Stages(summary)
     t_start = time.perf_counter()
+
+    # 0. web corpus: WARC -> Japanese Markdown -> quality -> dedup -> shards (kamado.corpus) -------------------
+    if cfg.corpus.warc_dir:
+        if cfg.corpus.warc_source in sources:
+            raise ConfigError(f"corpus.warc_source = '{cfg.corpus.warc_source}' is also a name in corpus.sources")
+        web_dir = out / "corpus"
+        summary["web_corpus"] = stages.run(
+            "web corpus", lambda: web_corpus(cfg, resolve(cfg.corpus.warc_dir, base), web_dir)
+        )
+        sources[cfg.corpus.warc_source] = sorted((web_dir / "shards").glob("shard_*.jsonl.gz"))
 
     # 1. tokenizer ------------------------------------------------------------------------------------------
     tok_dir = Path(cfg.tokenizer.path) if cfg.tokenizer.path else out / "tokenizer"

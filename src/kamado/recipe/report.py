@@ -51,11 +51,40 @@ def markdown_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def web_corpus_section(web: dict[str, Any]) -> list[str]:
+    """Markdown lines: the WARC → shards funnel, the main drop reasons and the speed of the corpus stage."""
+    from kamado.corpus import report as corpus_report
+
+    funnel = " → ".join(f"{n:,} {row}" for row, n in corpus_report.funnel(web))
+    drops = ", ".join(f"{reason} {n}" for _, reason, n in corpus_report.rejections(web)[:6])
+    sp = corpus_report.speed(web)
+    langs = ", ".join(f"{k} {v}" for k, v in corpus_report.languages(web).items())
+    rows = [
+        ("funnel", funnel),
+        ("dropped (top reasons)", drops or "none"),
+        ("languages after extraction", langs or "none"),
+        ("speed", f"{sp['pages_per_s']:.1f} pages/s ({sp['pages_per_s_per_worker']:.1f} per worker)"),
+    ]
+    return [
+        "## Web corpus (WARC → Japanese Markdown → quality → dedup → shards)",
+        "",
+        markdown_table(rows),
+        "",
+        "![web corpus funnel](corpus/corpus_funnel.png)",
+        "",
+        "Details: [corpus/corpus_report.md](corpus/corpus_report.md).",
+        "",
+    ]
+
+
 def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
     """report.md from the summary dict the recipe collected (stage timings, model, data, results, samples)."""
     s = summary
     parts = [f"# kamado run: {s['name']}", "", f"Run folder: `{out_dir}` — written {s['finished']}.", ""]
     parts += ["## Stages", "", markdown_table([(k, f"{v:.1f} s") for k, v in s["stage_seconds"].items()]), ""]
+    web = s.get("web_corpus")
+    if web:
+        parts += web_corpus_section(web)
     parts += ["## Corpus and tokenizer", "", markdown_table(s["data_rows"]), ""]
     parts += ["## Model and training", "", markdown_table(s["train_rows"]), ""]
     parts += ["![loss curve](loss.png)", ""]

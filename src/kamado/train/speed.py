@@ -34,17 +34,30 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
 
-def measure_matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 2048, seconds: float = 1.0) -> float:
-    """Best FLOP/s of an n×n×n matmul in `dtype` over about `seconds` of repeats."""
+def measure_matmul_peak(
+    dtype: torch.dtype = torch.bfloat16, n: int = 2048, seconds: float = 1.0, device: str | torch.device = "cpu"
+) -> float:
+    """Best FLOP/s of an n×n×n matmul in `dtype` on `device` over about `seconds` of repeats (on a GPU, each
+    timing covers 10 products between synchronisations)."""
     gen = torch.Generator().manual_seed(0)  # a private generator: measuring must not shift the training RNG
-    a = torch.randn(n, n, generator=gen).to(dtype)
-    b = torch.randn(n, n, generator=gen).to(dtype)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    gpu = torch.device(device).type == "cuda"
+    reps = 10 if gpu else 1
+
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize(device)
+
     torch.mm(a, b)  # warm-up: kernel selection, page faults
+    sync()
     best, start = 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+        for _ in range(reps):
+            torch.mm(a, b)
+        sync()
+        best = max(best, reps * 2 * n**3 / (time.perf_counter() - t0))
     return best
 
 
