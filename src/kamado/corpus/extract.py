@@ -7,8 +7,8 @@ trafilatura (Barbaresi, ACL 2021) removes navigation, footers, ads and comments,
 
 Each HTML page is extracted in a `TimeoutSandbox` child, so a page that needs more than `timeout_s` of CPU time
 (or five times that of wall time) is dropped (stat `timeout`) instead of stalling the worker; a page that crashes
-the child is dropped (`extractor_crashed`) and the child is replaced. Plain-text documents (`metadata["kind"] == "text"`) skip the sandbox: there is
-nothing to parse, only line endings and blank lines to tidy.
+the child is dropped (`extractor_crashed`) and the child is replaced. Plain-text documents
+(`metadata["kind"] == "text"`) skip the sandbox: there is nothing to parse, only line endings and blank lines to tidy.
 """
 
 from __future__ import annotations
