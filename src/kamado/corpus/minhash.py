@@ -159,18 +159,22 @@ def shingles(text: str, cfg: DedupConfig) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MinhashParameters:
-    """The b·r functions h_j(x) = ((a_j·x + b_j) mod 2^64) >> 32; `b` is tiled to a block because a same-shape add
-    runs about twice as fast in numpy as a broadcast one."""
+    """The b·r functions h_j(x) = ((a_j·x + b_j) mod 2^64) >> 32; `a` and `b` are tiled to a block because
+    same-shape arithmetic runs about twice as fast in numpy as broadcast arithmetic (the shingle keys are tiled
+    too, one copy per block: cheaper than the broadcast multiply it replaces)."""
 
-    a: np.ndarray  # uint64[H, 1], uniform
-    b: np.ndarray  # uint64[H, _CHUNK], uniform per row, constant along it
+    a: np.ndarray  # uint64[H, _CHUNK], uniform per row, constant along it
+    b: np.ndarray  # uint64[H, _CHUNK], likewise
 
 
 def minhash_parameters(num_hashes: int, seed: int) -> MinhashParameters:
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2**64, size=(num_hashes, 1), dtype=np.uint64)
     b = rng.integers(0, 2**64, size=(num_hashes, 1), dtype=np.uint64)
-    return MinhashParameters(a=a, b=np.ascontiguousarray(np.broadcast_to(b, (num_hashes, _CHUNK))))
+    tile = (num_hashes, _CHUNK)
+    return MinhashParameters(
+        a=np.ascontiguousarray(np.broadcast_to(a, tile)), b=np.ascontiguousarray(np.broadcast_to(b, tile))
+    )
 
 
 def _segment_minhash(x: np.ndarray, starts: np.ndarray, params: MinhashParameters) -> np.ndarray:
@@ -181,10 +185,13 @@ def _segment_minhash(x: np.ndarray, starts: np.ndarray, params: MinhashParameter
     num_hashes = len(params.a)
     best = np.full((num_hashes, len(starts)), np.iinfo(np.uint64).max, dtype=np.uint64)
     buf = np.empty(num_hashes * min(_CHUNK, len(x)), dtype=np.uint64)
+    keys = np.empty_like(buf)
     for lo in range(0, len(x), _CHUNK):
         n = min(_CHUNK, len(x) - lo)
         block = buf[: num_hashes * n].reshape(num_hashes, n)
-        np.multiply(params.a, x[lo : lo + n], out=block)
+        tiled = keys[: num_hashes * n].reshape(num_hashes, n)
+        tiled[:] = x[lo : lo + n]
+        np.multiply(params.a[:, :n], tiled, out=block)
         np.add(block, params.b[:, :n], out=block)
         first, last = np.searchsorted(starts, [lo, lo + n - 1], side="right") - 1
         cuts = np.concatenate(([0], starts[first + 1 : last + 1] - lo))
