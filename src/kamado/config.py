@@ -107,7 +107,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8  # sequences per micro-batch
     grad_accum: int = 1
-    dtype: str = "bf16"  # autocast dtype on CPU: "bf16" | "fp32"
+    dtype: str = "bf16"  # autocast dtype: "bf16" | "fp32"
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where the model, its optimizer state and the batches live
     seed: int = 0
     z_loss: float = 1e-4  # PaLM's coefficient on mean(logsumexp(logits)^2); 0 disables
     compile: bool = False

@@ -76,8 +76,11 @@ def model_bits_per_char(
             keep = seq[1:].clone()
             keep[: first - start - 1] = -100  # already scored by the previous window
             y[row, :n] = keep
-        logits = model(x).float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="sum")
+        device = model.lm_head.weight.device
+        logits = model(x.to(device)).float()
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), y.to(device), ignore_index=-100, reduction="sum"
+        )
         total_nats += float(nll)
     model.train(was_training)
     return total_nats / math.log(2) / chars

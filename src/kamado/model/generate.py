@@ -74,9 +74,10 @@ def generate(model: Transformer, prompt_ids: list[int], params: SamplingParams) 
         raise ValueError("generate needs at least one prompt token")
     prompt_ids = prompt_ids[-(model.cfg.max_seq_len - 1) :]
     max_len = min(model.cfg.max_seq_len, len(prompt_ids) + params.max_new_tokens)
-    gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    device = model.lm_head.weight.device
+    gen = torch.Generator(device).manual_seed(params.seed) if params.seed is not None else None
     cache = KVCache(model, 1, max_len)
-    x = torch.tensor([prompt_ids], dtype=torch.long, device=model.lm_head.weight.device)
+    x = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     out: list[int] = []
     pos = 0
     while len(out) < params.max_new_tokens and pos + x.shape[1] <= max_len:

@@ -53,7 +53,7 @@ def load_optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, t
         name, key = full.rsplit(".", 1)
         if name not in params:
             raise CheckpointError(f"optimizer state names unknown parameter '{name}'")
-        optimizer.state[params[name]][key] = value
+        optimizer.state[params[name]][key] = value.to(params[name].device)  # saved from, or onto, a GPU
 
 
 def save_checkpoint(

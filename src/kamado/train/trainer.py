@@ -35,6 +35,21 @@ class BatchLoader(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def training_device(name: str) -> torch.device:
+    """`train.device` as a torch.device; ConfigError when it is malformed or not present on this machine."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device = '{name}': expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device = '{name}': only 'cpu' and 'cuda' are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = '{name}', but torch sees no CUDA device here (use --train.device=cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device = '{name}': only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
 class Trainer:
     def __init__(
         self,
@@ -47,8 +62,9 @@ class Trainer:
     ):
         if cfg.train.dtype not in ("bf16", "fp32"):
             raise ConfigError(f"train.dtype must be 'bf16' or 'fp32', got '{cfg.train.dtype}'")
+        self.device = training_device(cfg.train.device)
         self.cfg = cfg
-        self.model = model
+        self.model = model.to(self.device)  # before the optimizer, whose state follows the parameters
         self.loader = loader
         self.val_batches = val_batches
         self.out_dir = Path(out_dir)
@@ -91,10 +107,11 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- steps
     def autocast(self) -> Any:
         if self.cfg.train.dtype == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self.autocast():
             out = self.forward(x, y, z_loss_coef=self.cfg.train.z_loss)
         (out.loss / self.cfg.train.grad_accum).backward()
@@ -122,7 +139,7 @@ class Trainer:
         total, n = 0.0, 0
         for x, y in self.val_batches():  # the factory decides how many batches (train.eval_batches per source)
             with self.autocast():
-                out = self.forward(x, y)
+                out = self.forward(x.to(self.device), y.to(self.device))
             total += float(out.ce) * out.num_tokens
             n += out.num_tokens
         if n == 0:
