@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from kamado.config import load_config
+from kamado.model.loss import linear_lm_loss, lm_loss
 from kamado.model.transformer import Transformer
 from kamado.train.speed import flops_per_token, measure_matmul_peak
 
@@ -56,15 +57,30 @@ def hf_qwen3(cfg) -> torch.nn.Module:
     return Qwen3ForCausalLM(hf_cfg)
 
 
+def kamado_loss(model: Transformer, variant: str) -> Callable:
+    """The training loss as kamado computes it ("": `model(x, y)`, the chunked head + loss); variants for
+    experiments: "plain" (logits, then `lm_loss`: compiles into the graph), "cN" (chunked with N rows a chunk)."""
+    if variant == "plain":
+        return lambda x, y, z: lm_loss(model.lm_head(model.hidden_states(x)), y, z).loss
+    if variant.startswith("c"):
+        rows = int(variant[1:])
+        return lambda x, y, z: linear_lm_loss(model.hidden_states(x), model.lm_head.weight, y, z, rows).loss
+    return lambda x, y, z: model(x, y, z_loss_coef=z).loss
+
+
 def make_step(model: torch.nn.Module, kind: str, compile_: bool, z_loss: float) -> Callable:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    fwd = torch.compile(model) if compile_ else model
+    if kind.startswith("kamado"):
+        assert isinstance(model, Transformer)
+        loss_fn = kamado_loss(model, kind.partition(":")[2])
+    else:  # HF shifts its labels internally; kamado takes next-token targets
+        loss_fn = lambda x, y, z: model(input_ids=x, labels=x).loss  # noqa: E731
+    fwd = torch.compile(loss_fn) if compile_ else loss_fn
     device_type = next(model.parameters()).device.type
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:  # float(loss) waits for the device: the step is complete
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            # HF shifts its labels internally; kamado takes next-token targets
-            loss = fwd(x, y, z_loss_coef=z_loss).loss if kind == "kamado" else fwd(input_ids=x, labels=x).loss
+            loss = fwd(x, y, z_loss)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -104,7 +120,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7, help="timed rounds (one step of each configuration per round)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (+1 when compiled)")
     ap.add_argument("--modes", default="eager,compile")
-    ap.add_argument("--models", default="hf,kamado")
+    ap.add_argument("--models", default="hf,kamado", help="hf, kamado, kamado:plain, kamado:c4096 (chunk rows)")
     ap.add_argument("--max-foreign", type=float, default=0.1, help="discard rounds busier than this from elsewhere")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -126,7 +142,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         for kind in args.models.split(","):
             torch.manual_seed(0)
-            model = (hf_qwen3(cfg) if kind == "hf" else Transformer(cfg)).to(device)
+            model = (hf_qwen3(cfg) if kind == "hf" else Transformer(cfg)).to(device)  # kind: hf, kamado[:variant]
             steps[f"{kind}-{mode}"] = step = make_step(model, kind, mode == "compile", 1e-4)
             t0 = time.perf_counter()
             for _ in range(args.warmup + (1 if mode == "compile" else 0)):
