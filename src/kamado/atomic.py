@@ -26,6 +26,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

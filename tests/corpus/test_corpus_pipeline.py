@@ -133,3 +133,23 @@ def test_corpus_preset_and_overrides(tmp_path: Path) -> None:
         load_corpus_config(None, ['--quality.disabled_rules=["too_long"]'])
     with pytest.raises(ConfigError, match="rows_per_band"):
         load_corpus_config(None, ["--dedup.rows_per_band=0"])
+
+
+def test_restart_with_other_settings_is_refused(first_run: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = first_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    other = config()
+    other.tasks = 3  # datatrove's completion markers would mix 2-task and 3-task outputs
+    other.dedup.threshold = 0.7
+    with pytest.raises(
+        ConfigError,
+        match=r"tasks: 2 → 3; .*dedup\.threshold: 0\.8 → 0\.7|dedup\.threshold: 0\.8 → 0\.7; .*tasks: 2 → 3",
+    ):
+        run_corpus(other, SAMPLE, again)
+    faster = config()
+    faster.workers = 2  # how many run at once does not change the output: accepted
+    assert (
+        run_corpus(faster, SAMPLE, again)["documents_out"]
+        == json.loads((out / "shards/manifest.json").read_text())["documents"]
+    )

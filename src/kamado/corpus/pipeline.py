@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from kamado.atomic import atomic_write_text
 from kamado.corpus.config import CorpusConfig
 from kamado.corpus.report import write_corpus_report
 from kamado.corpus.reshard import reshard
-from kamado.errors import DataError
+from kamado.errors import ConfigError, DataError
 
 Stage = tuple[str, list[Any], int]
 
@@ -67,6 +68,39 @@ def stage_stats(logging_dir: Path) -> dict[str, dict[str, int]]:
     }
 
 
+_NOT_OUTPUT_SETTINGS = ("workers", "executor", "ray_address")  # where and how fast, not what comes out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def check_same_settings(cfg: CorpusConfig, warc_dir: Path, work: Path) -> None:
+    """A restart must use the settings the work folder was made with: datatrove's completion markers say which
+    tasks finished, not with which settings, so mixing (another `tasks`, another threshold) would silently mix
+    outputs. The first run records them in `work/settings.json`; a later run with others is a ConfigError."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_OUTPUT_SETTINGS}
+    settings["warc_dir"] = str(warc_dir.resolve())
+    path = work / "settings.json"
+    if path.is_file():
+        before = _flat(json.loads(path.read_text(encoding="utf-8")))
+        now = _flat(json.loads(json.dumps(settings)))
+        changed = [
+            f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in sorted(before | now) if before.get(k) != now.get(k)
+        ]
+        if changed:
+            raise ConfigError(
+                f"{work.parent} was started with other settings ({'; '.join(changed)}); run with the same ones to "
+                f"resume, or use a new --out"
+            )
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(settings, indent=1, ensure_ascii=False) + "\n")
+
+
 def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Run every stage (skipping tasks a killed earlier run finished); returns the summary also written to
     `out_dir/corpus_summary.json`."""
@@ -82,6 +116,7 @@ def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> 
     seconds: dict[str, float] = {}
     stats: dict[str, dict[str, dict[str, int]]] = {}
     work = out_dir / "work"
+    check_same_settings(cfg, warc_dir, work)
 
     def run_stage(name: str, steps: list[Any], tasks: int) -> None:
         logs = work / "logs" / name
