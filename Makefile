@@ -17,8 +17,8 @@ run: install
 	$(BIN)/kamado run recipes/tiny.toml
 
 test: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench samples
+	$(BIN)/ruff format --check src tests bench samples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
