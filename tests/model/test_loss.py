@@ -121,3 +121,31 @@ def test_linear_lm_loss_refuses_a_second_backward_instead_of_returning_wrong_gra
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
         out.loss.backward()
+
+
+def test_linear_lm_loss_from_two_threads_at_once_is_correct():
+    """The work buffers are per thread: concurrent losses (e.g. a trainer and an evaluator) must not mix."""
+    import threading
+
+    from kamado.model.loss import release_workspace
+
+    torch.manual_seed(0)
+    cases = [(torch.randn(600, 64), torch.randn(3000, 64), torch.randint(0, 3000, (600,))) for _ in range(2)]
+    expected = [float(lm_loss(h @ w.T, t).loss) for h, w, t in cases]
+    got: dict[int, list[float]] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        h, w, t = cases[i]
+        start.wait()
+        for _ in range(20):
+            got[i].append(float(linear_lm_loss(h, w, t, chunk_rows=64).loss))
+        release_workspace()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for i in range(2):
+        assert got[i] == pytest.approx([expected[i]] * 20, rel=1e-5)

@@ -11,6 +11,7 @@ PaLM uses coef = 1e-4. CE and Z-loss are returned separately so both can be logg
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -45,16 +46,23 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss_coef: float = 1e
     return LossOutput(loss, ce.detach(), z.detach(), n)
 
 
-_WORKSPACE: dict[str, torch.Tensor] = {}
+_WORKSPACE = threading.local()  # per thread: two threads computing a loss at once must not share buffers
 
 
 def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A work buffer kept from one call to the next, so that steps after the first do not page-fault it in again."""
+    """A work buffer kept from one call to the next (in this thread), so that steps after the first do not
+    page-fault it in again. `release_workspace()` frees them."""
     numel = math.prod(shape)
-    buf = _WORKSPACE.get(name)
+    buffers: dict[str, torch.Tensor] = _WORKSPACE.__dict__.setdefault("buffers", {})
+    buf = buffers.get(name)
     if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-        buf = _WORKSPACE[name] = torch.empty(numel, dtype=dtype, device=device)
+        buf = buffers[name] = torch.empty(numel, dtype=dtype, device=device)
     return buf[:numel].view(shape)
+
+
+def release_workspace() -> None:
+    """Free this thread's loss work buffers (e.g. after training, before serving in the same process)."""
+    _WORKSPACE.__dict__.pop("buffers", None)
 
 
 class _LinearLMLoss(torch.autograd.Function):
