@@ -24,7 +24,11 @@ class LossOutput:
     loss: torch.Tensor  # what is back-propagated: ce + coef · z_loss
     ce: torch.Tensor  # mean cross-entropy (nats/token), detached
     z_loss: torch.Tensor  # mean logsumexp², detached (before the coefficient)
-    num_tokens: int
+    token_count: torch.Tensor  # scored tokens, as a tensor: reading it as a number waits for the device
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_count)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss_coef: float = 1e-4) -> LossOutput:
@@ -32,18 +36,16 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss_coef: float = 1e
     logits = logits.reshape(-1, logits.shape[-1]).float()
     targets = targets.reshape(-1)
     valid = targets != IGNORE_INDEX
-    n = int(valid.sum())
-    if n == 0:
-        zero = logits.sum() * 0.0
-        return LossOutput(zero, zero.detach(), zero.detach(), 0)
+    count = valid.sum()
+    n = count.clamp_min(1)  # no int(): on a GPU that would wait for the device and break a compiled graph
     lse = torch.logsumexp(logits, dim=-1)
     safe_targets = targets.clamp_min(0)
     target_logit = logits.gather(1, safe_targets[:, None]).squeeze(1)
     # CE = logsumexp - logit[target]; shares the logsumexp with the Z-loss instead of a second softmax.
-    ce = ((lse - target_logit) * valid).sum() / n
+    ce = ((lse - target_logit) * valid).sum() / n  # all ignored: 0, with a (zero) gradient path
     z = ((lse * lse) * valid).sum() / n
     loss = ce + z_loss_coef * z if z_loss_coef > 0 else ce
-    return LossOutput(loss, ce.detach(), z.detach(), n)
+    return LossOutput(loss, ce.detach(), z.detach(), count)
 
 
 _WORKSPACE = threading.local()  # per thread: two threads computing a loss at once must not share buffers
@@ -151,4 +153,4 @@ def linear_lm_loss(
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     n = int((targets != IGNORE_INDEX).sum())
     loss, ce, z = _LinearLMLoss.apply(hidden, weight, targets, z_loss_coef, chunk_rows, compute_dtype, need_grad)
-    return LossOutput(loss, ce.detach(), z.detach(), n)
+    return LossOutput(loss, ce.detach(), z.detach(), torch.tensor(n))
