@@ -125,7 +125,6 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    peak_n = 8192 if device.type == "cuda" else 2048
 
     cfg = load_config(args.preset).model
     torch.manual_seed(0)
@@ -136,7 +135,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}, torch {torch.__version__}; shape d={cfg.d_model} L={cfg.n_layers} vocab={cfg.vocab_size}")
     print(f"batch {args.batch}x{args.seq}, model FLOPs/token {fpt / 1e6:.1f} M, load average {os.getloadavg()[0]:.2f}")
-    peak = measure_matmul_peak(torch.bfloat16, n=peak_n, seconds=2.0, device=device)
+    peak = measure_matmul_peak(torch.bfloat16, seconds=2.0, device=device)
 
     steps: dict[str, Callable] = {}
     for mode in args.modes.split(","):
@@ -158,7 +157,7 @@ def main() -> None:
             worst_kept = max(worst_kept, foreign)
         else:
             discarded += 1
-    peak = max(peak, measure_matmul_peak(torch.bfloat16, n=peak_n, seconds=2.0, device=device))
+    peak = max(peak, measure_matmul_peak(torch.bfloat16, seconds=2.0, device=device))
     print(f"bf16 matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(
         f"{len(rounds)} rounds kept, {discarded} discarded; other processes used at most {100 * worst_kept:.0f}% "

@@ -40,8 +40,7 @@ class SpeedMonitor(Callback):
         peak = cfg.train.peak_flops
         if peak <= 0:
             dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else torch.float32
-            gpu = trainer.device.type == "cuda"
-            peak = measure_matmul_peak(dtype, n=8192 if gpu else 2048, device=trainer.device)
+            peak = measure_matmul_peak(dtype, device=trainer.device)
         trainer.peak_flops = peak
         self.meter = SpeedMeter(flops_per_token(cfg.model, cfg.data.seq_len), peak)
 
