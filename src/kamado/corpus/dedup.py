@@ -282,7 +282,8 @@ def dedup_stages(cfg: DedupConfig, input_folder: str, work_folder: str, output_f
 
     Reads `input_folder/*.jsonl.gz` (datatrove JsonlWriter output) twice, in the first and last stage, and
     writes the kept documents to `output_folder/${rank}.jsonl.gz`. `work_folder` holds the intermediate files and
-    must be fresh for each run: files left by a run with another `tasks` would be read as well."""
+    must be fresh for each run: files left by a run with another `tasks` would be read as well
+    (`kamado.corpus.pipeline.check_same_settings` refuses such a restart)."""
     cfg.validate()
     if not 1 <= tasks <= _PRIORITY_MAX:
         raise ConfigError(f"dedup tasks = {tasks}: must be in 1..{_PRIORITY_MAX}")
