@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kamado.errors import KamadoError
+from kamado.errors import KamadoError, describe_os_error, user_os_error
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -212,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args, overrides)
     except KamadoError as e:
         print(f"kamado: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a full disk or a read-only folder, possibly wrapped by a library: one line
+        disk = user_os_error(e)
+        if disk is None:
+            raise
+        print(f"kamado: error: {describe_os_error(disk)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kamado: interrupted (run the same command again to resume)", file=sys.stderr)
