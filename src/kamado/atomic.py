@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kamado.faults import failpoint
+
 
 def fsync_dir(path: str | Path) -> None:
     """Make a rename inside `path` durable."""
@@ -21,6 +23,7 @@ def fsync_dir(path: str | Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    failpoint("disk.write", tmp)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

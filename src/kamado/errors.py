@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 # OSErrors that are the machine's or the user's doing (a full disk, a read-only folder, missing permission), not
 # kamado's: the CLI reports them as one line naming the path and the cause.
@@ -60,3 +61,14 @@ def describe_os_error(e: OSError) -> str:
     cause = e.strerror or errno.errorcode.get(e.errno or 0, "OS error")
     hint = _HINTS.get(e.errno or 0)
     return f"{path}: {cause}" + (f" ({hint})" if hint else "")
+
+
+def reraise_disk_error(exc: Exception, path: object) -> None:
+    """Re-raise a library's error that wraps an OS error code (safetensors: `Os { code: 28, ... }`) as the
+    OSError it is, naming `path`, so the CLI reports it as one line. Returns when `exc` is something else."""
+    import re
+
+    m = re.search(r"(?:code:\s*|os error\s+)(\d+)", str(exc))
+    if m and int(m.group(1)) in USER_OS_ERRNOS:
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc

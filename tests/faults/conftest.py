@@ -6,7 +6,14 @@ the pytest run, e.g. `faults: kills survived 12, corruptions detected 30, bad va
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +30,94 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _COUNTS:
         terminalreporter.section("fault-injection suite")
         terminalreporter.write_line("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(_COUNTS.items())))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A micro `kamado run`: the tiny recipe shrunk to ~10 s (every stage: web corpus, tokenizer, shards, training with
+# checkpoints and evaluations, bits/char, generation, report), run as a real process.
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = [
+    "--model.d_model=64",
+    "--model.n_layers=2",
+    "--model.n_heads=4",
+    "--model.n_kv_heads=2",
+    "--model.ffn_hidden=128",
+    "--model.max_seq_len=64",
+    "--data.seq_len=64",
+    "--data.phases=[{start_tokens = 0, weights = {ja = 1.0, en = 1.0, ja_web = 0.5}},"
+    " {start_tokens = 4096, weights = {ja = 1.0}}]",
+    "--tokenizer.vocab_size=1000",
+    "--train.batch_size=4",
+    "--train.steps=24",
+    "--train.eval_every=6",
+    "--train.log_every=2",
+    "--train.peak_flops=1e11",
+    "--checkpoint.every=4",
+    "--checkpoint.keep_last=3",
+    "--generate.max_new_tokens=8",
+]
+TIMING_KEYS = {"tokens_per_s", "mfu"}  # the only logged values that depend on the clock
+
+
+class Micro:
+    """Start, kill and compare micro runs."""
+
+    def start(self, out: Path, *extra: str, failpoint: str = "") -> subprocess.Popen:
+        env = {**os.environ, "COLUMNS": "100", "KAMADO_FAILPOINT": failpoint}
+        args = [sys.executable, "-m", "kamado.cli", "run", "recipes/tiny.toml", f"--out_dir={out}", *MICRO, *extra]
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+
+    def run(self, out: Path, *extra: str, failpoint: str = "") -> subprocess.CompletedProcess:
+        p = self.start(out, *extra, failpoint=failpoint)
+        stdout, stderr = p.communicate(timeout=600)
+        return subprocess.CompletedProcess(p.args, p.returncode, stdout.decode(), stderr.decode())
+
+    def ok(self, out: Path, *extra: str) -> subprocess.CompletedProcess:
+        r = self.run(out, *extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    @staticmethod
+    def outcome(run: Path) -> dict[str, Any]:
+        """Everything a finished run produced that must not depend on kills or reruns."""
+        from safetensors.numpy import load_file
+
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        rows = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+        final = sorted((run / "checkpoints").glob("step_????????"))[-1]
+        weights = load_file(str(final / "model.safetensors"))
+        summary = json.loads((run / "summary.json").read_text())
+        return {
+            "metrics": rows,
+            "final_step": final.name,
+            "weights": {k: v.tobytes() for k, v in weights.items()},
+            "bits_per_char": summary["bits_per_char"],
+            "samples": summary["samples"],
+            "tokenizer": (run / "tokenizer" / "tokenizer.json").read_bytes(),
+            "shards": {p.parent.name: p.read_bytes() for p in sorted((run / "data").glob("*/shard_*.bin"))},
+            "corpus_shards": {p.name: p.read_bytes() for p in sorted((run / "corpus" / "shards").glob("*"))},
+        }
+
+    @staticmethod
+    def assert_same(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+        for key in want:
+            if key == "metrics":
+                assert [r["step"] for r in got[key]] == [r["step"] for r in want[key]], f"{what}: metric rows differ"
+            assert got[key] == want[key], f"{what}: {key} differs from the uninterrupted run"
+
+
+@pytest.fixture(scope="session")
+def micro() -> Micro:
+    return Micro()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, micro: Micro) -> tuple[Path, dict[str, Any], float]:
+    """One uninterrupted micro run: its folder (copy it, never change it), its outcome and its wall time."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    t0 = time.perf_counter()
+    micro.ok(out)
+    return out, micro.outcome(out), time.perf_counter() - t0

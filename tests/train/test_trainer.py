@@ -82,8 +82,10 @@ def test_killed_save_never_corrupts_previous_checkpoint(tiny_cfg, loader_cls, tm
         t.save_checkpoint()
     monkeypatch.undo()
     assert (tmp_path / "r/checkpoints/step_00000020.tmp").exists()
-    assert ckpt.latest_checkpoint(tmp_path / "r/checkpoints") == good  # the .tmp leftover is ignored
-    assert not (tmp_path / "r/checkpoints/step_00000020.tmp").exists()  # ...and cleaned up
+    assert ckpt.latest_checkpoint(tmp_path / "r/checkpoints") == good  # the .tmp leftover is ignored (readers)
+    assert (tmp_path / "r/checkpoints/step_00000020.tmp").exists()  # ...and left alone: it may be a live save
+    ckpt.recover_interrupted_saves(tmp_path / "r/checkpoints")  # the writer, at its next start, cleans it up
+    assert not (tmp_path / "r/checkpoints/step_00000020.tmp").exists()
     state = ckpt.load_checkpoint(good, t.model, t.optimizer)
     assert state["step"] == 10
 
@@ -96,7 +98,7 @@ def test_keep_last_n(tiny_cfg, loader_cls):
     assert names == ["step_00000025", "step_00000030"]
     files = {p.name for p in (Path(tiny_cfg.out_dir) / "checkpoints/step_00000030").iterdir()}
     # nothing that would need unpickling: tensors in safetensors, the rest in JSON
-    assert files == {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
+    assert files == {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "integrity.json"}
 
 
 class _Poison:

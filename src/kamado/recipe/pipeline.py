@@ -20,11 +20,13 @@ from typing import Any
 from rich.console import Console
 
 from kamado.atomic import atomic_write_text
+from kamado.completion import clear_record, read_record, write_record
 from kamado.config import RunConfig, SourceConfig
 from kamado.data.jsonl import iter_jsonl_texts
 from kamado.data.tokenize import tokenize_files
 from kamado.errors import ConfigError, DataError
 from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
+from kamado.faults import failpoint
 from kamado.model.generate import SamplingParams, generate
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
 from kamado.tokenizer import Tokenizer
@@ -59,8 +61,12 @@ def web_corpus(cfg: RunConfig, warc_dir: Path, out: Path) -> dict[str, Any]:
     from kamado.corpus.pipeline import run_corpus
 
     done = out / "corpus_summary.json"
-    if done.is_file() and (out / "shards" / "manifest.json").is_file():
+    if done.is_file() and (out / "shards" / "manifest.json").is_file():  # the summary is written after the shards
         result: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
+        if not (out / "corpus_report.md").is_file():  # killed between the summary and the report
+            from kamado.corpus.report import write_corpus_report
+
+            write_corpus_report(out, result)
     else:
         result = run_corpus(cfg.corpus.web, warc_dir, out)
     if not result["documents_out"]:
@@ -93,9 +99,12 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         sources[cfg.corpus.warc_source] = sorted((web_dir / "shards").glob("shard_*.jsonl.gz"))
 
     # 1. tokenizer ------------------------------------------------------------------------------------------
+    # A tokenizer this recipe trains counts as done by its completion record; one the user points at
+    # (tokenizer.path) is used as it is whenever it holds a tokenizer.json.
     tok_dir = Path(cfg.tokenizer.path) if cfg.tokenizer.path else out / "tokenizer"
     all_files = [f for files in sources.values() for f in files]
-    if not (tok_dir / "tokenizer.json").is_file():
+    user_tok = bool(cfg.tokenizer.path) and (tok_dir / "tokenizer.json").is_file()
+    if not user_tok and read_record(tok_dir) is None:
         stages.run("tokenizer", lambda: train_tokenizer(iter_jsonl_texts(list(all_files)), tok_dir, cfg.tokenizer))
     tok = Tokenizer.load(tok_dir)
     if cfg.model.vocab_size != tok.vocab_size:
@@ -104,10 +113,13 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     # 2. shards ---------------------------------------------------------------------------------------------
     def shard(name: str, files: list[Path]) -> dict[str, Any]:
         dest = out / "data" / name
-        if (dest / "manifest.json").is_file():
-            return json.loads((dest / "stats.json").read_text())
+        done = read_record(dest)  # written after the shards and their manifest: the stage is whole
+        if done is not None:
+            return done
+        clear_record(dest)
         stats = tokenize_files(files, tok, dest, progress=True)
-        atomic_write_text(dest / "stats.json", json.dumps(stats))
+        failpoint("shards.before_record")
+        write_record(dest, stats)
         return stats
 
     def all_shards() -> dict[str, dict[str, Any]]:
@@ -188,6 +200,7 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     summary["stability_events"] = read_jsonl(out / "events.jsonl")
     summary["stage_seconds"]["total"] = time.perf_counter() - t_start
     summary["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    failpoint("recipe.before_summary")
     write_report(out, summary)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     console.print(f"report: {out / 'report.md'}")

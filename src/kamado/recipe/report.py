@@ -16,9 +16,18 @@ import matplotlib.pyplot as plt
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's JSONL log; a torn row (an interrupted append) is skipped, not fatal."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def plot_losses(metrics_file: Path, out_png: Path, title: str) -> Path:

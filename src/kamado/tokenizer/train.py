@@ -20,8 +20,11 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from kamado.atomic import atomic_write_text
+from kamado.completion import clear_record, write_record
 from kamado.config import TokenizerConfig
 from kamado.errors import ConfigError, DataError
+from kamado.faults import failpoint
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -100,10 +103,12 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, cfg: TokenizerCon
 
 
 def save_tokenizer(tok: HFTokenizer, out_dir: str | Path) -> Path:
-    """Write tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast, ChatML template)."""
+    """Write tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast, ChatML template), each atomically,
+    then the completion record (`kamado.completion`) that tells a rerun the folder is whole."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
+    clear_record(out)
+    atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=True))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
@@ -115,5 +120,7 @@ def save_tokenizer(tok: HFTokenizer, out_dir: str | Path) -> Path:
         "model_max_length": 1_000_000_000,
         "chat_template": CHAT_TEMPLATE,
     }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    failpoint("tokenizer.before_record")
+    write_record(out, {"vocab_size": tok.get_vocab_size()})
     return out

@@ -1,19 +1,23 @@
 """Cross-cutting concerns of a training run, one small callback each (the OLMo-core pattern).
 
 The trainer calls, in order: `on_train_start`, then per optimizer step `on_step_end(metrics)`, `on_eval_end`
-after each validation, `on_event` for stability events (skips, rollbacks), and `on_train_end`. Callbacks may
+after each validation, `on_step_complete` once the step and its evaluation are done (checkpoints are saved there,
+so a run killed after a save never misses that step's evaluation), `on_event` for stability events (skips,
+rollbacks), and `on_train_end`. Callbacks may
 add keys to `metrics` (the speed monitor adds tokens/s and MFU before the logger writes them).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kamado.atomic import atomic_write_text
+from kamado.faults import failpoint
 from kamado.train.speed import SpeedMeter, flops_per_token, measure_matmul_peak
 
 if TYPE_CHECKING:
@@ -26,6 +30,8 @@ class Callback:
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
     def on_eval_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+
+    def on_step_complete(self, trainer: Trainer) -> None: ...
 
     def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None: ...
 
@@ -50,12 +56,25 @@ class SpeedMonitor(Callback):
             metrics.update(self.meter.read())
 
 
+def _row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Drop rows with step > max_step (after a resume or rollback), atomically."""
+    """Drop rows with step > max_step (after a resume or rollback), atomically. Torn rows — what a kill or a full
+    disk leaves in the middle of an append — are dropped too, with a warning."""
     if not path.is_file():
         return
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r).get("step", 0) <= max_step]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    rows = [(line, _row(line)) for line in lines]
+    torn = sum(r is None for _, r in rows)
+    if torn:
+        print(f"kamado: warning: {path}: dropped {torn} torn line(s) left by an interrupted write", file=sys.stderr)
+    keep = [line for line, r in rows if r is not None and r.get("step", 0) <= max_step]
     atomic_write_text(path, "".join(r + "\n" for r in keep))
 
 
@@ -133,10 +152,12 @@ class ProgressBar(Callback):
 class Checkpointer(Callback):
     """Saves every `checkpoint.every` steps and at the end (see `kamado.train.checkpoint`)."""
 
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_step_complete(self, trainer: Trainer) -> None:
         every = trainer.cfg.checkpoint.every
         if every > 0 and trainer.step % every == 0 and trainer.step < trainer.cfg.train.steps:
             trainer.save_checkpoint()
+            failpoint("train.after_checkpoint")
 
     def on_train_end(self, trainer: Trainer) -> None:
-        trainer.save_checkpoint()
+        if trainer.saved_step != trainer.step:  # a rerun of a finished run has nothing new to save
+            trainer.save_checkpoint()

@@ -1,39 +1,70 @@
-"""Checkpoints: safetensors tensors + JSON state, written atomically, keep-last-N.
+"""Checkpoints: safetensors tensors + JSON state, an integrity record, written atomically, keep-last-N.
 
 A checkpoint is a folder `step_00000100/` holding
   model.safetensors       model weights (loadable alone, e.g. for generation or export)
   optimizer.safetensors   AdamW moments and step counters, keyed by parameter name
   rng.safetensors         torch's CPU RNG state (a uint8 tensor)
   state.json              step, data-loader position, stability-monitor history, skipped batches, config
-It is first written to `step_00000100.tmp`, every file fsync'ed, then renamed: a save killed half-way leaves only a
-`.tmp` folder, which is ignored and cleaned up, never a corrupt checkpoint. Nothing is unpickled on load.
+  integrity.json          size and SHA-256 of each file above; written last, checked before anything is loaded
+It is first written to `step_00000100.tmp`, every file fsync'ed, then renamed into place. Re-saving a step that
+exists (a rerun's final save, a save after a rollback) renames the old folder aside to `.old`, renames the new one
+in, then deletes the old, so a kill at any point leaves one complete copy: `recover_interrupted_saves` (run by the
+writer before it reads or writes) puts it back. Nothing is unpickled on load.
+
+A checkpoint that fails its integrity check (a truncated or deleted file, an interrupted copy) is never loaded:
+the newest one that passes is used, with a warning naming what is wrong, and the failed ones are renamed to
+`step_XXXXXXXX.corrupt` (kept for inspection, never deleted). Files are created with mode 0644 (less the umask),
+like every other file kamado writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kamado.atomic import fsync_dir
+from kamado.atomic import atomic_write_text, fsync_dir
 from kamado.config import ModelConfig, from_dict
-from kamado.errors import CheckpointError
+from kamado.errors import CheckpointError, reraise_disk_error
+from kamado.faults import failpoint
 from kamado.model.transformer import Transformer
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+INTEGRITY = "integrity.json"
+REQUIRED = ("model.safetensors", "rng.safetensors", "state.json")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    failpoint("disk.write", path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    except SafetensorError as e:  # safetensors reports a full disk as its own error type, with the errno inside
+        reraise_disk_error(e, path)
+        raise
+    os.chmod(path, 0o666 & ~_umask())  # safetensors creates 0600; kamado's files are all 0644 (less the umask)
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -56,6 +87,7 @@ def load_optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, t
         optimizer.state[params[name]][key] = value.to(params[name].device)  # saved from, or onto, a GPU
 
 
+# ------------------------------------------------------------------------------------------------- saving
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -66,42 +98,137 @@ def save_checkpoint(
 ) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_saves(root)
     final = root / f"step_{step:08d}"
     tmp = root / f"step_{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     _save_tensors(dict(model.state_dict()), tmp / "model.safetensors")
+    failpoint("checkpoint.after_model")
     if optimizer is not None:
         _save_tensors(optimizer_tensors(model, optimizer), tmp / "optimizer.safetensors")
     _save_tensors({"cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
-    with open(tmp / "state.json", "w", encoding="utf-8") as f:
-        json.dump({"step": step, **state}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    atomic_write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=1))
+    files = sorted(p.name for p in tmp.iterdir())
+    failpoint("checkpoint.before_integrity")
+    record = {"files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in files}}
+    atomic_write_text(tmp / INTEGRITY, json.dumps(record, indent=1))  # last: its presence marks a finished save
+    if final.exists():  # re-saving a step: old aside, new in, old deleted — a kill in between loses neither
+        old = root / f"step_{step:08d}.old"
+        os.rename(final, old)
+        failpoint("checkpoint.resave_between_renames")
+        os.rename(tmp, final)
+        fsync_dir(root)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+        fsync_dir(root)
+    if keep_last > 0:  # only older steps are pruned: a newer one may be a corrupt copy awaiting inspection
+        older = [p for p in list_checkpoints(root) if p.name < final.name]
+        for p in older[: max(0, len(older) - (keep_last - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
     return final
 
 
+def recover_interrupted_saves(root: str | Path) -> None:
+    """Finish or undo saves a kill interrupted. Only the process that writes checkpoints may call this."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for old in sorted(root.glob("step_*.old")):
+        final, tmp = old.with_suffix(""), old.with_suffix(".tmp")
+        if final.exists():  # killed after the new copy was in place
+            shutil.rmtree(old)
+        elif tmp.is_dir() and verify_checkpoint(tmp) is None:  # killed between the two renames
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(old, final)
+    for tmp in sorted(root.glob("step_*.tmp")):
+        final = tmp.with_suffix("")
+        if not final.exists() and verify_checkpoint(tmp) is None:  # complete, killed just before its rename
+            os.rename(tmp, final)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(root)
+
+
+# ------------------------------------------------------------------------------------------------- finding
+def verify_checkpoint(ckpt: str | Path) -> str | None:
+    """None when every file matches the integrity record; else what is wrong, in a few words."""
+    ckpt = Path(ckpt)
+    try:
+        record = json.loads((ckpt / INTEGRITY).read_text(encoding="utf-8"))
+        files: dict[str, dict[str, Any]] = record["files"]
+    except FileNotFoundError:
+        return f"no {INTEGRITY} (the save did not finish, or the folder was copied in part)"
+    except (ValueError, KeyError, TypeError):
+        return f"{INTEGRITY} is unreadable"
+    for name in REQUIRED:
+        if name not in files:
+            return f"{INTEGRITY} does not list {name}"
+    for name, want in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            return f"{name} has {size:,} bytes, {want.get('bytes'):,} were written"
+        if _sha256(path) != want.get("sha256"):
+            return f"{name} does not match its SHA-256 (the bytes changed after the save)"
+    return None
+
+
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (`.tmp` leftovers of a killed save are removed)."""
+    """Checkpoint folders (`step_XXXXXXXX`, whether intact or not), oldest first. Reads only."""
     root = Path(root)
     if not root.is_dir():
         return []
-    for leftover in root.glob("step_*.tmp"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()), key=lambda p: p.name)
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
+def latest_checkpoint(root: str | Path, quarantine: bool = False) -> Path | None:
+    """The newest checkpoint that passes `verify_checkpoint`, or None when there is no checkpoint at all.
+
+    Newer ones that fail are reported on stderr; with `quarantine` (the writer's resume) they are renamed to
+    `.corrupt` so later saves and pruning never mistake them for progress. CheckpointError when checkpoints exist
+    but none is intact."""
     found = list_checkpoints(root)
-    return found[-1] if found else None
+    bad: list[tuple[Path, str]] = []
+    for path in reversed(found):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            for p, why in bad:
+                print(f"kamado: warning: checkpoint {p} is corrupt ({why}); using {path.name}", file=sys.stderr)
+                if quarantine:
+                    os.rename(p, p.with_name(p.name + ".corrupt"))
+            return path
+        bad.append((path, problem))
+    if bad:
+        detail = "; ".join(f"{p.name}: {why}" for p, why in bad)
+        raise CheckpointError(f"no intact checkpoint in {Path(root)} ({detail})")
+    return None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder (verified), or the newest intact one in a run folder (`<run>/checkpoints/step_*`)."""
+    p = Path(path)
+    if (p / INTEGRITY).is_file() or (p / "state.json").is_file():
+        problem = verify_checkpoint(p)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {p} is corrupt: {problem}")
+        return p
+    found = latest_checkpoint(p / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{p}: neither a checkpoint folder nor a run folder with checkpoints/step_*")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
 
 
 def load_model_weights(model: nn.Module, ckpt: str | Path) -> None:
@@ -109,7 +236,7 @@ def load_model_weights(model: nn.Module, ckpt: str | Path) -> None:
     path = path / "model.safetensors" if path.is_dir() else path
     if not path.is_file():
         raise CheckpointError(f"no model weights at {path}")
-    tensors = load_file(str(path))
+    tensors = _load_tensors(path)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -118,28 +245,19 @@ def load_model_weights(model: nn.Module, ckpt: str | Path) -> None:
 
 
 def load_checkpoint(ckpt: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore model, optimizer and RNG in place; return the JSON state (step, loader, ...)."""
+    """Verify, then restore model, optimizer and RNG in place; return the JSON state (step, loader, ...)."""
     ckpt = Path(ckpt)
-    if not (ckpt / "state.json").is_file():
-        raise CheckpointError(f"{ckpt} is not a complete checkpoint (no state.json)")
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: {problem}")
+    if optimizer is not None and not (ckpt / "optimizer.safetensors").is_file():
+        raise CheckpointError(f"checkpoint {ckpt} has no optimizer state; resuming would restart AdamW's moments")
     load_model_weights(model, ckpt)
-    if optimizer is not None and (ckpt / "optimizer.safetensors").is_file():
-        load_optimizer_tensors(model, optimizer, load_file(str(ckpt / "optimizer.safetensors")))
-    torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["cpu"])
-    with open(ckpt / "state.json", encoding="utf-8") as f:
-        state: dict[str, Any] = json.load(f)
+    if optimizer is not None:
+        load_optimizer_tensors(model, optimizer, _load_tensors(ckpt / "optimizer.safetensors"))
+    torch.set_rng_state(_load_tensors(ckpt / "rng.safetensors")["cpu"])
+    state: dict[str, Any] = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     return state
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the newest one in a run folder (`<run>/checkpoints/step_*`)."""
-    p = Path(path)
-    if (p / "state.json").is_file():
-        return p
-    found = latest_checkpoint(p / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"{p}: neither a checkpoint folder nor a run folder with checkpoints/step_*")
-    return found
 
 
 def load_model(path: str | Path) -> tuple[Transformer, Path]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from kamado.config import RunConfig, to_dict
 from kamado.errors import ConfigError
+from kamado.faults import failpoint
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback, truncate_jsonl
 from kamado.train.optim import build_optimizer, lr_at, set_lr
@@ -75,6 +76,8 @@ class Trainer:
         self.step = 0
         self.skip_positions: set[str] = set()  # loader positions whose batches caused a rollback
         self.pending_spikes: list[str] = []
+        self.last_eval: dict[str, Any] | None = None  # the newest validation result (kept in checkpoints)
+        self.saved_step = -1  # the step of the checkpoint the state in memory equals (saved or restored)
         self.peak_flops = cfg.train.peak_flops
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
         self.forward = torch.compile(model) if cfg.train.compile else model
@@ -90,11 +93,14 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "stability": self.monitor.state_dict(),
             "skip_positions": sorted(self.skip_positions),
+            "last_eval": self.last_eval,
             "config": to_dict(self.cfg),
         }
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.ckpt_dir, self.step, self.model, self.optimizer, state, self.cfg.checkpoint.keep_last
         )
+        self.saved_step = self.step
+        return path
 
     def restore(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer)
@@ -102,7 +108,9 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         self.monitor.load_state_dict(state["stability"])
         self.skip_positions |= set(state["skip_positions"])
+        self.last_eval = state.get("last_eval")
         self.pending_spikes = []
+        self.saved_step = self.step
 
     # ---------------------------------------------------------------------------------------------- steps
     def autocast(self) -> Any:
@@ -153,14 +161,14 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
-        latest = ckpt.latest_checkpoint(self.ckpt_dir) if self.cfg.checkpoint.resume else None
+        ckpt.recover_interrupted_saves(self.ckpt_dir)  # a save a kill interrupted: finish or undo it
+        latest = ckpt.latest_checkpoint(self.ckpt_dir, quarantine=True) if self.cfg.checkpoint.resume else None
         if latest is not None:
             self.restore(latest)
         elif self.cfg.stability.enabled:
             self.save_checkpoint()  # a rollback target before the first update
         for cb in self.callbacks:
             cb.on_train_start(self)
-        last_eval: dict[str, Any] | None = None
         while self.step < self.cfg.train.steps:
             position = self.loader_position()
             if position in self.skip_positions:
@@ -195,11 +203,15 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
             every = self.cfg.train.eval_every
+            failpoint("train.before_eval")
             if (every > 0 and self.step % every == 0) or self.step == self.cfg.train.steps:
-                last_eval = self.evaluate()
-                if last_eval is not None:
+                result = self.evaluate()
+                if result is not None:
+                    self.last_eval = result
                     for cb in self.callbacks:
-                        cb.on_eval_end(self, last_eval)
+                        cb.on_eval_end(self, result)
+            for cb in self.callbacks:  # after the evaluation, so a checkpoint never precedes its step's eval
+                cb.on_step_complete(self)
         for cb in self.callbacks:
             cb.on_train_end(self)
-        return {"step": self.step, "eval": last_eval}
+        return {"step": self.step, "eval": self.last_eval}

@@ -1,0 +1,48 @@
+"""Failpoints: named places where the fault-injection suite (tests/faults) breaks a real process on purpose.
+
+`failpoint("checkpoint.after_model")` does nothing unless the environment says
+`KAMADO_FAILPOINT=checkpoint.after_model` (or `...:3` for its third hit), in which case the process SIGKILLs
+itself right there — no cleanup, no `finally`, exactly like a node dying. This lets a test stop a real `kamado run`
+inside a window a few microseconds wide (between two renames of a checkpoint save) that no timer could hit.
+With `@enospc` or `@erofs` after the name it raises that OSError instead, as a full or read-only disk would
+(`KAMADO_FAILPOINT=disk.write:2@enospc`: the second file write fails), for machines where the suite cannot mount
+a small file system. The names in use are listed in `FAILPOINTS`; the suite checks each one is reached.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+FAILPOINTS = (
+    "checkpoint.after_model",  # model.safetensors written, the rest of the checkpoint not
+    "checkpoint.before_integrity",  # every file but the integrity record written
+    "checkpoint.resave_between_renames",  # re-save: the old copy renamed aside, the new one not yet in place
+    "train.after_checkpoint",  # a checkpoint saved, the next step not started
+    "train.before_eval",  # a step's metrics logged, its evaluation not yet run
+    "tokenizer.before_record",  # tokenizer files written, completion record not
+    "shards.before_record",  # a source's shards and manifest written, completion record not
+    "recipe.before_summary",  # every stage done, summary.json not written
+    "disk.write",  # any atomic file write or checkpoint tensor file (use with @enospc / @erofs)
+)
+_ERRNOS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
+
+_hits: dict[str, int] = {}
+
+
+def failpoint(name: str, path: object = None) -> None:
+    spec = os.environ.get("KAMADO_FAILPOINT")
+    if not spec:
+        return
+    spec, _, action = spec.partition("@")
+    target, _, nth = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] != int(nth or 1):
+        return
+    if action in _ERRNOS:
+        code = _ERRNOS[action]
+        raise OSError(code, os.strerror(code), None if path is None else str(path))
+    os.kill(os.getpid(), signal.SIGKILL)
