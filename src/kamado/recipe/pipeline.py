@@ -10,6 +10,7 @@ Later stages of the PLaMo recipe (SFT, DPO, merging, evaluation, serving) join h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -111,15 +112,17 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         cfg.model.vocab_size = tok.vocab_size  # the embedding covers exactly the learned vocabulary
 
     # 2. shards ---------------------------------------------------------------------------------------------
+    tok_sha = hashlib.sha256((tok_dir / "tokenizer.json").read_bytes()).hexdigest()
+
     def shard(name: str, files: list[Path]) -> dict[str, Any]:
         dest = out / "data" / name
-        done = read_record(dest)  # written after the shards and their manifest: the stage is whole
-        if done is not None:
+        done = read_record(dest)  # written after the shards and their manifest: the stage is whole...
+        if done is not None and done.get("tokenizer_sha256") == tok_sha:  # ...and made with this tokenizer
             return done
         clear_record(dest)
         stats = tokenize_files(files, tok, dest, progress=True)
         failpoint("shards.before_record")
-        write_record(dest, stats)
+        write_record(dest, {**stats, "tokenizer_sha256": tok_sha})
         return stats
 
     def all_shards() -> dict[str, dict[str, Any]]:

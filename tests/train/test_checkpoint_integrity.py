@@ -1,0 +1,142 @@
+"""Checkpoint integrity: every damaged file is detected before loading, the newest intact checkpoint is used,
+interrupted saves are finished or undone, and a checkpoint without optimizer state is refused."""
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+
+from kamado.config import OptimConfig
+from kamado.errors import CheckpointError
+from kamado.model.transformer import Transformer
+from kamado.train import checkpoint as ckpt
+from kamado.train.optim import build_optimizer
+
+
+@pytest.fixture
+def saved(tiny_cfg, tmp_path):
+    """Checkpoints at steps 1, 2, 3 of a model with AdamW state (step 3 differs from 2 in every tensor)."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_cfg.model)
+    opt = build_optimizer(model, tiny_cfg.optim)
+    root = tmp_path / "ckpt"
+    for step in (1, 2, 3):
+        model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        ckpt.save_checkpoint(root, step, model, opt, {"config": {}}, keep_last=5)
+    return root, model, opt
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"])
+@pytest.mark.parametrize("how", ["truncate", "flip", "delete", "append"])
+def test_every_damage_is_detected_and_the_previous_checkpoint_used(saved, capsys, name, how):
+    root, model, opt = saved
+    path = root / "step_00000003" / name
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[:-1])
+    elif how == "flip":
+        i = len(data) // 2  # the size still matches: only the checksum can tell
+        path.write_bytes(data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :])
+    elif how == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(data + b"\n")
+    assert ckpt.verify_checkpoint(root / "step_00000003") is not None
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ckpt.load_checkpoint(root / "step_00000003", model, opt)
+    assert ckpt.latest_checkpoint(root, quarantine=True).name == "step_00000002"
+    assert "step_00000003 is corrupt" in capsys.readouterr().err
+    assert (root / "step_00000003.corrupt").is_dir() and not (root / "step_00000003").exists()
+
+
+def test_intact_checkpoints_verify_and_load_exactly(saved):
+    root, model, opt = saved
+    assert all(ckpt.verify_checkpoint(p) is None for p in ckpt.list_checkpoints(root))
+    fresh = Transformer(model.cfg)
+    fresh_opt = build_optimizer(fresh, OptimConfig())
+    ckpt.load_checkpoint(root / "step_00000003", fresh, fresh_opt)
+    for (n, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    got, want = ckpt.optimizer_tensors(fresh, fresh_opt), ckpt.optimizer_tensors(model, opt)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_missing_optimizer_state_is_refused_not_restarted(saved, tmp_path):
+    """A checkpoint saved without optimizer state (e.g. weights only) cannot resume training silently."""
+    _, model, opt = saved
+    ckpt.save_checkpoint(tmp_path / "w", 5, model, None, {"config": {}})
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        ckpt.load_checkpoint(tmp_path / "w" / "step_00000005", model, opt)
+    ckpt.load_checkpoint(tmp_path / "w" / "step_00000005", model, None)  # for generation it is fine
+
+
+def test_all_corrupt_is_one_clear_error(saved):
+    root, _, _ = saved
+    for p in ckpt.list_checkpoints(root):
+        (p / "integrity.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint.*step_00000003: no integrity\.json"):
+        ckpt.latest_checkpoint(root, quarantine=True)
+    assert len(ckpt.list_checkpoints(root)) == 3  # nothing renamed when there is nothing to fall back to
+
+
+def test_recover_interrupted_resave(saved):
+    """The three moments a re-save of step 3 can be killed at, and what the writer's next start makes of them."""
+    root, _, _ = saved
+    s3 = root / "step_00000003"
+    want = (s3 / "model.safetensors").read_bytes()
+    # killed after renaming the old copy aside, before the new (complete) one moved in: the new one is used
+    os.rename(s3, root / "step_00000003.old")
+    shutil.copytree(root / "step_00000003.old", root / "step_00000003.tmp")
+    ckpt.recover_interrupted_saves(root)
+    assert ckpt.verify_checkpoint(s3) is None and not list(root.glob("*.old")) and not list(root.glob("*.tmp"))
+    # the same, but the new copy was incomplete (no integrity record): the old one comes back
+    os.rename(s3, root / "step_00000003.old")
+    shutil.copytree(root / "step_00000003.old", root / "step_00000003.tmp")
+    (root / "step_00000003.tmp" / "integrity.json").unlink()
+    ckpt.recover_interrupted_saves(root)
+    assert ckpt.verify_checkpoint(s3) is None and (s3 / "model.safetensors").read_bytes() == want
+    assert not list(root.glob("*.old")) and not list(root.glob("*.tmp"))
+    # killed after the new one moved in, before the old one was deleted: the leftover goes
+    shutil.copytree(s3, root / "step_00000003.old")
+    ckpt.recover_interrupted_saves(root)
+    assert ckpt.verify_checkpoint(s3) is None and not list(root.glob("*.old"))
+
+
+def test_readers_leave_a_save_in_progress_alone(saved):
+    """`kamado generate` beside a training run lists checkpoints; it must not delete the trainer's `.tmp`."""
+    root, _, _ = saved
+    (root / "step_00000004.tmp").mkdir()
+    assert ckpt.latest_checkpoint(root).name == "step_00000003"
+    assert ckpt.find_checkpoint(root / "step_00000003") == root / "step_00000003"
+    assert (root / "step_00000004.tmp").is_dir()
+
+
+def test_pruning_removes_only_older_steps(saved):
+    """Saving step 2 again (after a fall-back) with keep_last=2 keeps step 1 as its one older companion and never
+    deletes step 3: a newer folder is someone's evidence (or the user's), not an old checkpoint."""
+    root, model, opt = saved
+    ckpt.save_checkpoint(root, 2, model, opt, {"config": {}}, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_00000001", "step_00000002", "step_00000003"]
+    ckpt.save_checkpoint(root, 4, model, opt, {"config": {}}, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_00000003", "step_00000004"]
+
+
+def test_checkpoint_files_are_0644_like_every_other_file(saved):
+    root, _, _ = saved
+    old = os.umask(0o022)
+    try:
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (root / "step_00000003").iterdir()}
+    finally:
+        os.umask(old)
+    assert set(modes.values()) == {0o644}, modes
+    assert json.loads((root / "step_00000003" / "integrity.json").read_text())["files"].keys() == {
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+    }
