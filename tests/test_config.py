@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from kamado.config import RunConfig, apply_overrides, from_dict, load_config
+from kamado.corpus.config import load_corpus_config
 from kamado.errors import ConfigError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -57,3 +58,74 @@ def test_missing_and_malformed_files(tmp_path):
 def test_override_must_have_a_value():
     with pytest.raises(ConfigError, match=r"--section\.key=value"):
         apply_overrides({}, ["--optim.lr"])
+
+
+# ---- bad values fail at load, with one line naming the key and the allowed range ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--train.steps=-5", "train.steps = -5: must be an integer >= 1"),
+        ("--train.grad_accum=0", "train.grad_accum = 0: must be an integer >= 1"),
+        ("--optim.lr=nan", "optim.lr = nan: must be a finite number > 0"),
+        ("--optim.lr=-3e-4", "optim.lr = -0.0003: must be a finite number > 0"),
+        ("--optim.lr=1" + "0" * 400, "optim.lr = inf: must be a finite number > 0"),  # no OverflowError
+        ("--optim.betas=[0.9, 1.0]", "optim.betas[1] = 1.0: must be a number in [0, 1)"),
+        ("--optim.eps=0", "optim.eps = 0.0: must be a finite number > 0"),
+        ("--optim.weight_decay=-inf", "optim.weight_decay = -inf"),
+        ('--schedule.kind="bogus"', "schedule.kind = 'bogus': must be one of 'cosine', 'wsd', 'constant'"),
+        ("--schedule.warmup_steps=-1", "schedule.warmup_steps = -1: must be an integer >= 0"),
+        ("--schedule.decay_fraction=1.5", "schedule.decay_fraction = 1.5: must be a number in [0, 1]"),
+        ("--schedule.min_lr_ratio=inf", "schedule.min_lr_ratio = inf"),
+        ('--train.dtype="fp16"', "train.dtype = 'fp16': must be one of 'bf16', 'fp32'"),
+        ("--train.eval_every=-1", "train.eval_every = -1"),
+        ("--train.log_every=0", "train.log_every = 0: must be an integer >= 1"),
+        ("--train.steps=1" + "0" * 30, "train.steps = 1.000e+30: must be an integer >= 1 and < 2^63"),
+        ("--stability.window=0", "stability.window = 0"),
+        ("--stability.min_history=51", "stability.min_history = 51: must be <= stability.window (50)"),
+        ("--stability.z_threshold=nan", "stability.z_threshold = nan"),
+        ("--checkpoint.every=-1", "checkpoint.every = -1"),
+        ("--generate.top_p=0", "generate.top_p = 0.0: must be a number in (0, 1]"),
+        ("--generate.temperature=-1", "generate.temperature = -1.0: must be a finite number >= 0"),
+        ('--generate.prompts=["a", ""]', "generate.prompts[1] is empty"),
+        ("--model.n_heads=0", "model.n_heads = 0"),  # was a ZeroDivisionError
+        ("--model.d_model=1e308", "model.d_model = "),  # was a crash in torch
+        ("--model.norm_eps=-1e-6", "model.norm_eps = -1e-06"),
+        ("--data.seq_len=512", "data.seq_len = 512: must be <= model.max_seq_len (256)"),
+        ("--data.phases=[{start_tokens = 5}]", "data.phases[0].start_tokens = 5: the first phase must start at 0"),
+        ("--data.phases=[{weights = {ja = -1.0}}]", "data.phases[0].weights.ja = -1.0: must be a finite number >= 0"),
+        ("--data.phases=[{weights = {ja = 0.0}}]", "data.phases[0].weights: must have a positive, finite sum"),
+        ("--tokenizer.vocab_size=100", "tokenizer.vocab_size = 100: must be an integer in 263..4294967296"),
+        ("--corpus.web.dedup.threshold=nan", "corpus.web.dedup.threshold = nan"),
+        ("--corpus.web.quality.min_hiragana_frac=2.0", "corpus.web.quality.min_hiragana_frac = 2.0"),
+        ("--corpus.web.tasks=0", "corpus.web.tasks = 0"),
+        ("--corpus.web.reshard.compresslevel=10", "corpus.web.reshard.compresslevel = 10"),
+    ],
+)
+def test_bad_values_fail_at_load_naming_the_key_and_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(RECIPES / "tiny.toml", [override])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_meaningful_zeros_stay_valid():
+    """0 disables z-loss, clipping, warmup, periodic evals and checkpoints, pruning, top-k; 0 °C is greedy."""
+    zeros = [
+        "train.z_loss", "optim.grad_clip", "optim.weight_decay", "schedule.warmup_steps", "schedule.decay_fraction",
+        "schedule.min_lr_ratio", "train.eval_every", "train.peak_flops", "train.threads", "train.seed", "data.seed",
+        "checkpoint.every", "checkpoint.keep_last", "generate.temperature", "generate.top_k", "generate.seed",
+        "tokenizer.max_train_chars", "tokenizer.min_frequency", "optim.betas",
+    ]  # fmt: skip
+    overrides = [f"--{k}=[0, 0]" if k == "optim.betas" else f"--{k}=0" for k in zeros]
+    cfg = load_config(RECIPES / "tiny.toml", overrides)
+    assert cfg.train.z_loss == 0 and cfg.checkpoint.every == 0 and cfg.optim.betas == (0.0, 0.0)
+
+
+def test_every_corpus_preset_loads_and_validates():
+    for preset in sorted((RECIPES / "corpus").glob("*.toml")):
+        load_corpus_config(preset)
+    with pytest.raises(ConfigError, match=r"^dedup\.threshold = nan: must be a number in \[0, 1\]$"):
+        load_corpus_config(None, ["--dedup.threshold=nan"])
+    with pytest.raises(ConfigError, match=r"^corpus\.kana_min_fraction = inf"):
+        load_corpus_config(None, ["--kana_min_fraction=inf"])

@@ -1,19 +1,32 @@
 """Typed configuration: dataclasses loaded from TOML presets, with dotted command-line overrides.
 
 A run is described by one `RunConfig` (one TOML file under `recipes/`). Every section is a dataclass, so a typo
-in a preset or an override (`--optim.lr=3e-4`) is an error that names the key, never a silently ignored value.
+in a preset or an override (`--optim.lr=3e-4`) is an error that names the key, never a silently ignored value;
+each section's `validate()` states its ranges and choices, and `load_config` checks the whole tree, so a bad value
+fails at once, naming the key and what is allowed (helpers in `kamado.config_checks`, TOML in `kamado.config_io`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import types
-import typing
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
+from kamado.config_checks import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    check_choice,
+    check_fields,
+    check_items,
+    check_numbers,
+    check_value,
+)
+from kamado.config_io import apply_overrides, from_dict, load_toml
+from kamado.config_io import to_dict as to_dict  # re-exported: the loading functions are imported from here too
 from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
 
@@ -39,15 +52,18 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def validate(self) -> None:
+        # The upper bounds are far above any real shape (100b: d_model 10240, 80 layers, 100k vocabulary); they
+        # stop a typo such as 1e308 before torch sees it. Ids are stored as uint32, hence the vocabulary's 2^32.
+        width, count = Range(1, 2**24), Range(1, 2**16)
+        check_fields(self, "model", vocab_size=Range(1, 2**32), d_model=width, n_layers=count, n_heads=count)
+        check_fields(self, "model", n_kv_heads=count, ffn_hidden=width, max_seq_len=width, rope_theta=POSITIVE)
+        check_fields(self, "model", norm_eps=Range(0, 1, lo_open=True), init_std=POSITIVE)
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
-        for name in ("vocab_size", "d_model", "n_layers", "ffn_hidden", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -58,6 +74,18 @@ class TokenizerConfig:
     min_frequency: int = 2
     max_train_chars: int = 200_000_000  # cap on characters fed to the trainer
     path: str = ""  # tokenizer folder; empty = `<run dir>/tokenizer`
+
+    @staticmethod
+    def ranges() -> dict[str, Range]:
+        """Allowed values, also of `kamado tokenizer train`'s flags: the smallest vocabulary holds the 256 bytes and
+        the special tokens; 0 frequency or characters means no minimum, no cap."""
+        from kamado.tokenizer.train import SPECIAL_TOKENS  # that module imports this one
+
+        vocab = Range(256 + len(SPECIAL_TOKENS), 2**32)
+        return {"vocab_size": vocab, "min_frequency": NON_NEGATIVE, "max_train_chars": NON_NEGATIVE}
+
+    def validate(self) -> None:
+        check_fields(self, "tokenizer", **self.ranges())
 
 
 @dataclass
@@ -75,6 +103,14 @@ class PhaseConfig:
     start_tokens: int = 0
     weights: dict[str, float] = field(default_factory=dict)
 
+    def validate(self, key: str) -> None:
+        check_value(f"{key}.start_tokens", self.start_tokens, NON_NEGATIVE)
+        for name, w in self.weights.items():
+            check_value(f"{key}.weights.{name}", w, NON_NEGATIVE)
+        total = sum(self.weights.values())
+        if self.weights and not 0 < total < math.inf:  # empty = equal weights
+            raise ConfigError(f"{key}.weights: must have a positive, finite sum, got {self.weights}")
+
 
 @dataclass
 class DataConfig:
@@ -83,6 +119,18 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     phases: list[PhaseConfig] = field(default_factory=list)  # empty = one phase, equal weights
     val_sources: list[SourceConfig] = field(default_factory=list)
+
+    def validate(self) -> None:
+        check_fields(self, "data", seq_len=AT_LEAST_ONE, seed=NON_NEGATIVE)
+        for i, phase in enumerate(self.phases):
+            key = f"data.phases[{i}]"
+            phase.validate(key)
+            if i == 0 and phase.start_tokens != 0:
+                raise ConfigError(f"{key}.start_tokens = {phase.start_tokens}: the first phase must start at 0")
+            if i > 0 and phase.start_tokens <= (prev := self.phases[i - 1].start_tokens):
+                raise ConfigError(
+                    f"{key}.start_tokens = {phase.start_tokens}: must be above the previous phase's {prev}"
+                )
 
 
 @dataclass
@@ -93,6 +141,10 @@ class OptimConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 disables
 
+    def validate(self) -> None:
+        check_fields(self, "optim", lr=POSITIVE, eps=POSITIVE, weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE)
+        check_items("optim.betas", self.betas, Range(0, 1, hi_open=True))
+
 
 @dataclass
 class ScheduleConfig:
@@ -100,6 +152,10 @@ class ScheduleConfig:
     warmup_steps: int = 100
     decay_fraction: float = 0.2  # wsd: last fraction of steps decays linearly to min_lr
     min_lr_ratio: float = 0.1
+
+    def validate(self) -> None:
+        check_choice("schedule.kind", self.kind, ("cosine", "wsd", "constant"))
+        check_fields(self, "schedule", warmup_steps=NON_NEGATIVE, decay_fraction=FRACTION, min_lr_ratio=FRACTION)
 
 
 @dataclass
@@ -118,6 +174,14 @@ class TrainConfig:
     peak_flops: float = 0.0  # FLOP/s used for MFU; 0 = measure a bf16/fp32 matmul at start
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
 
+    def validate(self) -> None:
+        check_choice("train.dtype", self.dtype, ("bf16", "fp32"))
+        if not re.fullmatch(r"(cpu|cuda)(:\d+)?", self.device):  # whether the GPU exists is the trainer's check
+            raise ConfigError(f"train.device = {self.device!r}: must be 'cpu', 'cuda' or 'cuda:N'")
+        counts = {k: AT_LEAST_ONE for k in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every")}
+        check_fields(self, "train", **counts, seed=NON_NEGATIVE, eval_every=NON_NEGATIVE, threads=Range(0, 2**16))
+        check_fields(self, "train", z_loss=NON_NEGATIVE, peak_flops=NON_NEGATIVE)
+
 
 @dataclass
 class StabilityConfig:
@@ -127,12 +191,34 @@ class StabilityConfig:
     z_threshold: float = 6.0  # loss > mean + z·std counts as a spike
     max_spikes: int = 3  # this many spikes in a row -> roll back to the last checkpoint
 
+    def validate(self) -> None:
+        check_fields(self, "stability", window=AT_LEAST_ONE, min_history=AT_LEAST_ONE, max_spikes=AT_LEAST_ONE)
+        check_fields(self, "stability", z_threshold=POSITIVE)
+        if self.min_history > self.window:  # the window never holds that many losses: no spike would be seen
+            raise ConfigError(
+                f"stability.min_history = {self.min_history}: must be <= stability.window ({self.window})"
+            )
+
 
 @dataclass
 class CheckpointConfig:
     every: int = 200  # steps; 0 = only at the end
     keep_last: int = 3
     resume: bool = True  # continue from the newest checkpoint in the run folder
+
+    def validate(self) -> None:
+        check_fields(self, "checkpoint", every=NON_NEGATIVE, keep_last=NON_NEGATIVE)  # 0: at the end only; keep all
+
+
+# What `kamado.model.generate.SamplingParams` and `kamado generate`'s flags accept too: temperature 0 is greedy,
+# top_k 0 and top_p 1 switch those filters off (top_p 0 would keep nothing).
+SAMPLING_RANGES = {
+    "max_new_tokens": AT_LEAST_ONE,
+    "temperature": NON_NEGATIVE,
+    "top_k": NON_NEGATIVE,
+    "top_p": Range(0, 1, lo_open=True),
+    "seed": Range(0, optional=True),
+}
 
 
 @dataclass
@@ -143,6 +229,12 @@ class GenerateConfig:
     top_k: int = 50
     top_p: float = 0.95
     seed: int = 0
+
+    def validate(self) -> None:
+        check_fields(self, "generate", **SAMPLING_RANGES)
+        for i, prompt in enumerate(self.prompts):
+            if not prompt:
+                raise ConfigError(f"generate.prompts[{i}] is empty: a prompt needs at least one character")
 
 
 @dataclass
@@ -157,6 +249,9 @@ class SampleCorpusConfig:
     warc_dir: str = ""
     warc_source: str = "ja_web"
     web: CorpusConfig = field(default_factory=CorpusConfig)
+
+    def validate(self) -> None:
+        self.web.validate(prefix="corpus.web")
 
 
 @dataclass
@@ -174,97 +269,21 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Building dataclasses from plain dicts, strictly.
-
-T = TypeVar("T")
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a table, got {type(value).__name__}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (types.UnionType, typing.Union):
-        non_none = [a for a in args if a is not type(None)]
-        return None if value is None else _convert(non_none[0], value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"config key '{key}' must be a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(a, v, key) for a, v in zip(args, value, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a table, got {value!r}")
-        return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if tp in (int, str, bool) and type(value) is not tp:
-        raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from `data`; unknown keys raise a ConfigError naming the key."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs = {}
-    for k, v in data.items():
-        full = f"{prefix}.{k}" if prefix else k
-        if k not in names:
-            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
-        kwargs[k] = _convert(hints[k], v, full)
-    return cls(**kwargs)
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
-def _parse_override_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw  # a bare string: --name=tiny
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--a.b.c=value` overrides (value parsed as a TOML literal) to a nested dict."""
-    for item in overrides:
-        text = item[2:] if item.startswith("--") else item
-        if "=" not in text:
-            raise ConfigError(f"override '{item}' must look like --section.key=value")
-        dotted, raw = text.split("=", 1)
-        parts = dotted.split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[parts[-1]] = _parse_override_value(raw)
-    return data
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    def validate(self) -> None:
+        """Every section, what spans sections, then every number in the tree finite (`load_config` calls it)."""
+        sections = (self.model, self.tokenizer, self.data, self.optim, self.schedule, self.train, self.stability)
+        for section in (*sections, self.checkpoint, self.generate, self.corpus):
+            section.validate()
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len = {self.data.seq_len}: must be <= model.max_seq_len ({self.model.max_seq_len})"
+            )
+        check_numbers(self)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """A preset plus overrides, every value checked: a bad one fails here, not hours into a run."""
     data = apply_overrides(load_toml(path), overrides or [])
     cfg = from_dict(RunConfig, data)
-    cfg.model.validate()
+    cfg.validate()
     return cfg

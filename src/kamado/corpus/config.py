@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kamado.config_checks import FRACTION, NON_NEGATIVE, Range, check_choice, check_fields, check_numbers
 from kamado.corpus.minhash import DedupConfig
 from kamado.corpus.quality import QualityConfig
 from kamado.corpus.reshard import ReshardConfig
-from kamado.errors import ConfigError
 
 
 @dataclass
@@ -28,15 +28,19 @@ class CorpusConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     reshard: ReshardConfig = field(default_factory=ReshardConfig)
 
-    def validate(self) -> None:
-        if self.tasks < 1 or self.workers < 1:
-            raise ConfigError(f"corpus.tasks = {self.tasks}, corpus.workers = {self.workers}: both must be >= 1")
-        if self.executor not in ("local", "ray"):
-            raise ConfigError(f'corpus.executor = "{self.executor}": must be "local" or "ray"')
-        if self.extract_timeout_s <= 0:
-            raise ConfigError(f"corpus.extract_timeout_s = {self.extract_timeout_s}: must be > 0")
-        self.dedup.validate()
-        self.reshard.validate()
+    def validate(self, prefix: str = "") -> None:
+        """Every value in range. `prefix` is where this config sits in a larger one (`corpus.web` in a recipe);
+        alone, its own fields are named `corpus.tasks` and its sections as overridden (`dedup.threshold`)."""
+        top, sub = prefix or "corpus", f"{prefix}." if prefix else ""
+        many = Range(1, 10**6)  # tasks are files and processes: a million is beyond any crawl's WARC count
+        check_fields(self, top, tasks=many, workers=many, kana_min_count=NON_NEGATIVE, kana_min_fraction=FRACTION)
+        check_choice(f"{top}.executor", self.executor, ("local", "ray"))
+        # CPU seconds per page, up to a day: the sandbox waits on it, and a wait of 1e308 s overflows
+        check_fields(self, top, extract_timeout_s=Range(0, 86400, lo_open=True), language_threshold=FRACTION)
+        self.quality.validate(f"{sub}quality")
+        self.dedup.validate(f"{sub}dedup")
+        self.reshard.validate(f"{sub}reshard")
+        check_numbers(self, prefix)
 
 
 def load_corpus_config(path: str | Path | None, overrides: list[str] | None = None) -> CorpusConfig:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kamado.errors import ConfigError
+from kamado.config_checks import AT_LEAST_ONE, FRACTION, Range, check_fields
 
 _POLY = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the rolling n-gram hash (2^64 / golden ratio)
 _MAX_SIG = 0xFFFFFFFE  # datatrove's bucket reader stops at a first row value of 2^32 - 1: clamp below it
@@ -50,16 +50,10 @@ class DedupConfig:
     def num_hashes(self) -> int:
         return self.num_bands * self.rows_per_band
 
-    def validate(self) -> None:
-        def need(ok: bool, key: str, what: str) -> None:
-            if not ok:
-                raise ConfigError(f"dedup.{key} = {getattr(self, key)!r}: {what}")
-
-        need(isinstance(self.ngram, int) and self.ngram >= 1, "ngram", "must be an integer >= 1 (characters)")
-        need(isinstance(self.num_bands, int) and 1 <= self.num_bands <= 999, "num_bands", "must be in 1..999")
-        need(isinstance(self.rows_per_band, int) and self.rows_per_band >= 1, "rows_per_band", "must be >= 1")
-        need(isinstance(self.threshold, int | float) and 0 <= self.threshold <= 1, "threshold", "must be in [0, 1]")
-        need(isinstance(self.seed, int) and 0 <= self.seed < 2**32, "seed", "must be an integer in [0, 2^32)")
+    def validate(self, prefix: str = "dedup") -> None:
+        bands = Range(1, 999)  # datatrove names bucket files with three digits; rows alike: b·r hashes per page
+        check_fields(self, prefix, ngram=AT_LEAST_ONE, num_bands=bands, rows_per_band=bands, threshold=FRACTION)
+        check_fields(self, prefix, seed=Range(0, 2**32 - 1))
 
 
 def lsh_candidate_probability(similarity: float, num_bands: int, rows_per_band: int) -> float:

@@ -28,9 +28,10 @@ switches a rule off. Rules run cheapest first and the first that fails names the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kamado.config_checks import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, check_fields, check_items
 from kamado.corpus import quality_rules as qr
 from kamado.corpus.quality_rules import Stats
 from kamado.errors import ConfigError
@@ -73,17 +74,29 @@ class QualityConfig:
     max_dup_ngram_char_frac: list[float] = field(default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, prefix: str = "quality") -> None:
         unknown = sorted(set(self.disabled_rules) - set(RULE_NAMES))
         if unknown:
-            raise ConfigError(f"quality.disabled_rules: unknown rule(s) {unknown} (known: {', '.join(RULE_NAMES)})")
+            raise ConfigError(f"{prefix}.disabled_rules: unknown rule(s) {unknown} (known: {', '.join(RULE_NAMES)})")
+        share, least = Range(0, 1, optional=True), Range(0, optional=True)  # None switches the rule off
+        shares = [
+            f.name for f in fields(self) if f.name.endswith("_frac") and not isinstance(getattr(self, f.name), list)
+        ]
+        check_fields(self, prefix, **dict.fromkeys(shares, share))
+        amounts = ("min_chars", "ad_min_hits", "bbs_min_hits", "max_sentence_chars", "max_chars_per_kuten")
+        check_fields(self, prefix, **dict.fromkeys(amounts, least))
+        check_fields(self, prefix, min_avg_sentence_chars=least, max_avg_sentence_chars=least)
+        check_fields(self, prefix, ad_hits_per_1k_chars=NON_NEGATIVE, bbs_hits_per_1k_chars=NON_NEGATIVE)
         for sizes, limits in (
             ("top_ngram_sizes", "max_top_ngram_char_frac"),
             ("dup_ngram_sizes", "max_dup_ngram_char_frac"),
         ):
             if len(getattr(self, sizes)) != len(getattr(self, limits)):
-                raise ConfigError(f"quality.{sizes} and quality.{limits} must have the same length")
-            if any(n < 1 for n in getattr(self, sizes)):
-                raise ConfigError(f"quality.{sizes} must be positive, got {getattr(self, sizes)}")
+                raise ConfigError(f"{prefix}.{sizes} and {prefix}.{limits} must have the same length")
+            check_items(f"{prefix}.{sizes}", getattr(self, sizes), AT_LEAST_ONE)
+            check_items(f"{prefix}.{limits}", getattr(self, limits), FRACTION)
 
     @classmethod
     def for_snippets(cls, **overrides: Any) -> QualityConfig:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from kamado.atomic import atomic_write_bytes, atomic_write_text
-from kamado.errors import ConfigError, DataError
+from kamado.config_checks import AT_LEAST_ONE, Range, check_fields
+from kamado.errors import DataError
 
 SHARD_PREFIX = "shard_"
 SHARD_SUFFIX = ".jsonl.gz"
@@ -32,11 +33,8 @@ class ReshardConfig:
     shard_bytes: int = 64 * 1024 * 1024  # uncompressed JSONL bytes per shard (the last one may be smaller)
     compresslevel: int = 6
 
-    def validate(self) -> None:
-        if self.shard_bytes < 1:
-            raise ConfigError(f"reshard.shard_bytes = {self.shard_bytes}: must be >= 1")
-        if not 1 <= self.compresslevel <= 9:
-            raise ConfigError(f"reshard.compresslevel = {self.compresslevel}: must be in 1..9")
+    def validate(self, prefix: str = "reshard") -> None:
+        check_fields(self, prefix, shard_bytes=AT_LEAST_ONE, compresslevel=Range(1, 9))
 
 
 def _iter_lines(files: list[Path]) -> Any:
