@@ -152,3 +152,55 @@ def test_corpus_run_config_errors(capsys, tmp_path):
     expect_error(capsys, ["corpus", "run", warcs, "--out", str(tmp_path), "--tasks=0"], "corpus.tasks")
     expect_error(capsys, ["corpus", "run", warcs, "--out", str(tmp_path), "--config", "nope.toml"], "nope.toml")
     expect_error(capsys, ["corpus", "run", str(tmp_path), "--out", str(tmp_path / "o")], "no .warc")
+
+
+def test_bad_config_values_fail_before_any_work(capsys, tmp_path):
+    tiny = str(ROOT / "recipes/tiny.toml")
+    out = f"--out_dir={tmp_path / 'run'}"
+    expect_error(capsys, ["params", tiny, "--train.steps=-5"], "train.steps = -5: must be an integer >= 1")
+    expect_error(capsys, ["train", tiny, out, "--train.grad_accum=0"], "train.grad_accum = 0")
+    expect_error(capsys, ["train", tiny, out, "--optim.lr=nan"], "optim.lr = nan: must be a finite number > 0")
+    expect_error(capsys, ["run", tiny, out, '--schedule.kind="bogus"'], "schedule.kind = 'bogus'")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["tokenizer", "train", "IN", "--out", "OUT", "--vocab-size", "0"], "--vocab-size = 0: must be an integer in"),
+        (["tokenizer", "train", "IN", "--out", "OUT", "--min-frequency", "-1"], "--min-frequency = -1"),
+        (["tokenize", "IN", "--tokenizer", "T", "--out", "OUT", "--shard-tokens", "0"], "--shard-tokens = 0"),
+        (["generate", "RUN", "--prompt", ""], "--prompt is empty"),
+        (["generate", "RUN", "--prompt", "x", "--top-p", "0"], "--top-p = 0.0: must be a number in (0, 1]"),
+        (["generate", "RUN", "--prompt", "x", "--temperature", "-1"], "--temperature = -1.0: must be a finite"),
+        (["generate", "RUN", "--prompt", "x", "--temperature", "nan"], "--temperature = nan"),
+        (["generate", "RUN", "--prompt", "x", "--top-k", "-1"], "--top-k = -1"),
+        (["generate", "RUN", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens = 0"),
+        (["generate", "RUN", "--prompt", "x", "--seed", str(10**30)], "--seed = 1.000e+30"),
+        (["corpus", "run", "IN", "--out", "OUT", "--tasks", "0"], "corpus.tasks = 0"),
+        (["corpus", "run", "IN", "--out", "OUT", "--workers", "-1"], "corpus.workers = -1"),
+    ],
+)
+def test_bad_flag_values_are_one_line_before_any_work(capsys, tmp_path, args, needle):
+    paths = {"IN": SAMPLE, "OUT": tmp_path / "out", "T": tmp_path / "tok", "RUN": tmp_path / "run"}
+    expect_error(capsys, [str(paths.get(a, a)) for a in args], needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenize_input_error_leaves_no_new_output(capsys, trained, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": "unterminated}\n')
+    cmd = ["tokenize", str(bad), "--tokenizer", str(trained / "tok"), "--out"]
+    expect_error(capsys, [*cmd, str(tmp_path / "new" / "shards")], "bad.jsonl:2: invalid JSON (")
+    assert not (tmp_path / "new").exists()  # the folders this run made are gone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    expect_error(capsys, [*cmd, str(mine), "--shard-tokens", "1"], "bad.jsonl:2")  # shard 0 written, then the error
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # a folder that was there keeps what it held
+
+
+def test_json_error_says_at_once(capsys, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "unterminated}\n')  # json's message ends in "at": "Invalid control character at"
+    expect_error(capsys, ["tokenizer", "train", str(bad), "--out", str(tmp_path / "t")], "character at column 24)")

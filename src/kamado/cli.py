@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from kamado.errors import KamadoError, describe_os_error, user_os_error
+from kamado.config_checks import AT_LEAST_ONE, Range, check_value
+from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -34,6 +35,12 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     keys = {a: a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and "=" in a}
     overrides = [a for a, k in keys.items() if "." in k or k in top]
     return [a for a in argv if a not in overrides], overrides
+
+
+def _check_flags(args: argparse.Namespace, **ranges: Range) -> None:
+    """Each flag's value in its range, before any work: `--top-p = 0.0: must be a number in (0, 1]`."""
+    for name, allowed in ranges.items():
+        check_value(f"--{name.replace('_', '-')}", getattr(args, name), allowed)
 
 
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -57,6 +64,8 @@ def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.tokenizer import Tokenizer
     from kamado.tokenizer.train import train_tokenizer
 
+    ranges = TokenizerConfig.ranges()
+    _check_flags(args, vocab_size=ranges["vocab_size"], min_frequency=ranges["min_frequency"])
     cfg = TokenizerConfig(vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     out = train_tokenizer(iter_jsonl_texts(args.inputs), args.out, cfg)
     tok = Tokenizer.load(out)
@@ -70,6 +79,7 @@ def cmd_tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.data.tokenize import tokenize_files
     from kamado.tokenizer import Tokenizer
 
+    _check_flags(args, shard_tokens=AT_LEAST_ONE)
     stats = tokenize_files(args.inputs, Tokenizer.load(args.tokenizer), args.out, shard_tokens=args.shard_tokens)
     print(
         f"{stats['docs']} documents, {stats['tokens']:,} tokens in {stats['shards']} shard(s) "
@@ -78,10 +88,14 @@ def cmd_tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.config import SAMPLING_RANGES
     from kamado.model.generate import SamplingParams, generate
     from kamado.tokenizer import Tokenizer
     from kamado.train.checkpoint import load_model
 
+    _check_flags(args, **SAMPLING_RANGES)
+    if not args.prompt:
+        raise ConfigError("--prompt is empty: give at least one character of text to continue")
     model, found = load_model(args.checkpoint)
     tok = Tokenizer.load(args.tokenizer or found.parent.parent / "tokenizer")
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, (tok.eos_id,), args.seed)

@@ -70,7 +70,8 @@ def iter_records(path: Path, raw_pos: list[int] | None = None) -> Iterator[tuple
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                what = e.msg.removesuffix(" at")  # json says "Unterminated string starting at"
+                raise DataError(f"{path}:{lineno}: invalid JSON ({what} at column {e.colno})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
             yield lineno, obj

@@ -6,6 +6,9 @@ with a "text" field, in `.jsonl`, `.jsonl.gz`, or `.jsonl.zst` (the last needs t
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any, Protocol
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from kamado.config_checks import AT_LEAST_ONE, check_value
 from kamado.data.jsonl import SUFFIXES, iter_texts
 from kamado.data.shards import DEFAULT_SHARD_TOKENS, ShardWriter
 from kamado.errors import DataError
@@ -43,7 +47,10 @@ def tokenize_files(
 
     Stats: files, docs, skipped (empty texts), chars, tokens (EOS included, = manifest num_tokens), shards,
     seconds, chars_per_token (EOS excluded: the compression figure to compare tokenizers on Japanese).
+    On an error (a malformed line found halfway) what this run added goes again: the folders it made, or in a
+    folder that was there, the files it added; nothing that was there before is removed.
     """
+    check_value("shard_tokens", shard_tokens, AT_LEAST_ONE)
     paths = [Path(p) for p in inputs]
     if not paths:
         raise DataError("no input files given to tokenize")
@@ -54,6 +61,42 @@ def tokenize_files(
             raise DataError(f"{p}: expected a file ending in {', '.join(SUFFIXES)}")
     info = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, **(tokenizer_info or {})}
     info.setdefault("inputs", [str(p) for p in paths])
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another output folder")
+    made = _missing_ancestor(out)
+    before = set(os.listdir(out)) if made is None else set()
+    try:
+        return _tokenize(paths, tokenizer, out, shard_tokens, batch_docs, progress, info)
+    except BaseException:  # a malformed line, a full disk, Ctrl-C: take back what this run added, nothing else
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for name in set(os.listdir(out)) - before:
+                with contextlib.suppress(OSError):
+                    (out / name).unlink()
+        raise
+
+
+def _missing_ancestor(path: Path) -> Path | None:
+    """The outermost folder of `path` (itself included) that does not exist yet, or None when `path` exists."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def _tokenize(
+    paths: list[Path],
+    tokenizer: TokenizerLike,
+    out_dir: Path,
+    shard_tokens: int,
+    batch_docs: int,
+    progress: bool,
+    info: dict[str, Any],
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     docs = skipped = chars = 0
     writer = ShardWriter(out_dir, tokenizer.vocab_size, tokenizer.eos_id, shard_tokens, tokenizer_info=info)

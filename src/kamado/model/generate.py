@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kamado.config import SAMPLING_RANGES
+from kamado.config_checks import check_fields
 from kamado.model.transformer import Transformer
 
 
@@ -43,6 +45,10 @@ class SamplingParams:
     stop_ids: tuple[int, ...] = ()
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        # a negative temperature once passed for greedy and top_p 0 failed inside torch: both are ConfigErrors now
+        check_fields(self, "", **SAMPLING_RANGES)
+
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask (to -inf) everything outside the top-k and outside the smallest set with probability ≥ top_p."""
@@ -61,9 +67,13 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 def sample_next(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
     """logits [B, V] -> next token ids [B]."""
-    if p.temperature <= 0:
+    if p.temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / p.temperature, p.top_k, p.top_p).softmax(-1)
+    # In float64 and shifted so that the top logit is 0 (the same distribution): a temperature as small as 1e-300
+    # then scales the others towards -inf, where in float32 it would be 0 and the top logit would become inf, NaN.
+    logits = logits.double()
+    scaled = (logits - logits.amax(-1, keepdim=True)) / p.temperature
+    probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
