@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
+import re
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from kamado.corpus.warc import SKIP_REASONS, WarcRecord, read_warc_file
+from kamado.corpus.warc import SKIP_REASONS, WarcRecord, iter_records, read_warc_file
 from kamado.errors import DataError
 
 # record types per file; warcio 1.8 reads the same records (checked by hand when these tests were written)
@@ -23,6 +26,11 @@ REAL_FILES = {
 def read(path: Path, **kw: int) -> tuple[list[WarcRecord], Counter[str]]:
     counts: Counter[str] = Counter()
     return list(read_warc_file(path, counts, **kw)), counts
+
+
+def read_bytes(data: bytes, **kw: int) -> tuple[list[WarcRecord], Counter[str]]:
+    counts: Counter[str] = Counter()
+    return list(iter_records(io.BytesIO(data), counts, **kw)), counts
 
 
 def skipped(counts: Counter[str]) -> dict[str, int]:
@@ -141,3 +149,61 @@ def test_empty_file_and_empty_record(tmp_path: Path, build) -> None:
 def test_missing_file_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot open WARC file"):
         list(read_warc_file(tmp_path / "nope.warc.gz"))
+
+
+SAMPLE = Path(__file__).parents[2] / "samples" / "warc"
+
+
+@pytest.mark.parametrize("tail", [b"", b"\r\n"], ids=["no-newline", "crlf"])
+def test_non_warc_member_does_not_swallow_the_next_record(tail: bytes) -> None:
+    """A tester's case: a gzip member that is valid gzip but holds no WARC record, without a final newline, glued
+    the next record's version line onto its last line: that record was lost and not counted (43 of 44 read)."""
+    data = (SAMPLE / "ja-pages.warc.gz").read_bytes()
+    want, _ = read_bytes(data)
+    first = zlib.decompressobj(31)
+    first.decompress(data)
+    rest = first.unused_data
+    glued = data[: len(data) - len(rest)] + gzip.compress(b"<html>not a WARC record</html>" + tail) + rest
+    records, counts = read_bytes(glued)
+    assert len(want) == 44 and records == want
+    assert skipped(counts) == {"malformed_header": 1}
+
+
+@pytest.mark.parametrize("garbage", [b"garbage, no newline", b"\x00\x01binary\r", b"line\r\nand a half"])
+def test_plain_garbage_without_newline_before_a_record(build, garbage: bytes) -> None:
+    recs = [build.response(f"<p>{i}</p>".encode(), uri=f"http://a.jp/{i}") for i in range(3)]
+    records, counts = read_bytes(recs[0] + garbage + recs[1] + recs[2])
+    assert [r.target_uri for r in records] == ["http://a.jp/0", "http://a.jp/1", "http://a.jp/2"]
+    assert skipped(counts) == {"malformed_header": 1}
+
+
+def _three(build) -> list[bytes]:
+    return [build.response(f"<p>{i}</p>".encode() * 50, uri=f"http://a.jp/{i}") for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("length", "reason"), [("99", "length_mismatch"), ("800", "length_mismatch"), ("99999999999", "oversized")]
+)
+@pytest.mark.parametrize("gzipped", [False, True], ids=["warc", "warc.gz"])
+def test_a_wrong_content_length_costs_that_record_only(build, length: str, reason: str, gzipped: bool) -> None:
+    """Too short, running into the next record, or past the end of the file: the records after it are read."""
+    recs = _three(build)
+    recs[1] = re.sub(rb"Content-Length: \d+", b"Content-Length: " + length.encode(), recs[1])
+    records, counts = read_bytes(build.gzip_members(recs) if gzipped else b"".join(recs))
+    assert [r.target_uri for r in records] == ["http://a.jp/0", "http://a.jp/2"]
+    assert skipped(counts) == {reason: 1}
+
+
+def test_a_member_cut_short_costs_that_record_only(build) -> None:
+    """zlib reads the next member's header as deflate data of the cut one; reading resumes at that header."""
+    members = [gzip.compress(r) for r in _three(build)]
+    records, counts = read_bytes(members[0] + members[1][:-30] + members[2])
+    assert [r.target_uri for r in records] == ["http://a.jp/0", "http://a.jp/2"]
+    assert skipped(counts) == {"corrupt_gzip": 1}
+
+
+def test_damaged_first_gzip_header_is_still_a_gzipped_file(build) -> None:
+    members = [gzip.compress(r) for r in _three(build)]
+    records, counts = read_bytes(b"\x00" + members[0][1:] + members[1] + members[2])
+    assert [r.target_uri for r in records] == ["http://a.jp/1", "http://a.jp/2"]
+    assert skipped(counts) == {"corrupt_gzip": 1}
