@@ -36,8 +36,44 @@ def _open_raw(path: Path) -> tuple[io.BufferedReader, Any]:
         except ImportError:
             raw.close()
             raise DataError(f"{path}: reading .zst needs the `zstandard` package (pip install zstandard)") from None
-        stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        stream = io.BufferedReader(_ZstdFrames(raw, zstandard), buffer_size=1 << 16)
     return raw, stream
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of every zstd frame in `raw`, one after another (as `zstd -d` reads concatenated
+    files). A file that ends inside a frame (a copy cut short) raises EOFError, as gzip does, instead of ending
+    quietly; bytes that are not zstd raise ValueError. (zstandard's own stream_reader does neither.)"""
+
+    def __init__(self, raw: io.BufferedReader, zstandard: Any) -> None:
+        self.raw, self.zstd = raw, zstandard
+        self.dctx = zstandard.ZstdDecompressor()
+        self.frame: Any = None  # the decompressor of the frame being read; None before the first
+        self.pending = b""  # compressed bytes after the end of the last frame
+        self.out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.out:
+            data, self.pending = self.pending or self.raw.read(1 << 16), b""
+            if not data:
+                if self.frame is not None and not self.frame.eof:
+                    raise EOFError("the file ends inside a zstd frame (it was cut short)")
+                return 0
+            if self.frame is None or self.frame.eof:
+                self.frame = self.dctx.decompressobj()
+            try:
+                self.out = memoryview(self.frame.decompress(data))
+            except self.zstd.ZstdError as e:
+                raise ValueError(str(e)) from None
+            if self.frame.eof:
+                self.pending = self.frame.unused_data
+        n = min(len(buffer), len(self.out))
+        buffer[:n] = self.out[:n]
+        self.out = self.out[n:]
+        return n
 
 
 def iter_records(path: Path, raw_pos: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
