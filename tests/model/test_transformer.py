@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kamado.config import ModelConfig
 from kamado.errors import ConfigError
@@ -139,3 +140,87 @@ def test_sequence_longer_than_max_seq_len_is_rejected():
 def test_bad_shapes_fail_with_config_error(bad):
     with pytest.raises(ConfigError):
         make(**bad)
+
+
+# --- the forward pass against one written out here, with every norm weight set away from 1 --------------------------
+
+
+def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def reference_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """x [B, T, H, D]: dims i and i + D/2 at position t turn by the angle t · theta^(-2i/D) (rotate-half RoPE)."""
+    T, D = x.shape[1], x.shape[-1]
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]  # [T, 1, D/2]: the same for every head
+    a, b = x[..., : D // 2], x[..., D // 2 :]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+def reference_attention(attn, x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Per-head RMSNorm on q and k (with their weights), then RoPE, then causal softmax attention; k/v heads
+    shared by groups of n_heads / n_kv_heads query heads."""
+    B, T, _ = x.shape
+    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    w = attn.qkv_proj.weight.double()
+    q = (x @ w[: H * D].T).view(B, T, H, D)
+    k = (x @ w[H * D : (H + K) * D].T).view(B, T, K, D)
+    v = (x @ w[(H + K) * D :].T).view(B, T, K, D)
+    if cfg.qk_norm:
+        q = reference_rms_norm(q, attn.q_norm.weight.double(), cfg.norm_eps)
+        k = reference_rms_norm(k, attn.k_norm.weight.double(), cfg.norm_eps)
+    q, k = reference_rope(q, cfg.rope_theta), reference_rope(k, cfg.rope_theta)
+    k, v = k.repeat_interleave(H // K, dim=2), v.repeat_interleave(H // K, dim=2)
+    scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), -math.inf)
+    y = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v).reshape(B, T, H * D)
+    return y @ attn.o_proj.weight.double().T
+
+
+def reference_forward(m: Transformer, idx: torch.Tensor) -> torch.Tensor:
+    """Logits of the pre-norm decoder, in float64: x += attn(norm(x)); x += W_down(silu(W_gate h) · W_up h)."""
+    cfg = m.cfg
+    x = m.embed.weight.double()[idx]
+    for layer in m.layers:
+        x = x + reference_attention(
+            layer.attn, reference_rms_norm(x, layer.attn_norm.weight.double(), cfg.norm_eps), cfg
+        )
+        h = reference_rms_norm(x, layer.mlp_norm.weight.double(), cfg.norm_eps)
+        gate_up = layer.mlp.gate_up_proj.weight.double()
+        gate, up = h @ gate_up[: cfg.ffn_hidden].T, h @ gate_up[cfg.ffn_hidden :].T
+        x = x + (F.silu(gate) * up) @ layer.mlp.down_proj.weight.double().T
+    return reference_rms_norm(x, m.norm.weight.double(), cfg.norm_eps) @ m.lm_head.weight.double().T
+
+
+def with_random_norm_weights(m: Transformer) -> Transformer:
+    """Norm weights start at 1, where QK-Norm before or after RoPE gives the same result: draw them in [0.3, 3]."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(0.3 + 2.7 * torch.rand(p.shape, generator=g))
+    return m
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_attention_equals_a_reference_with_qk_norm_before_rope(qk_norm):
+    m = with_random_norm_weights(make(qk_norm=qk_norm, rope_theta=100.0))
+    attn, cfg = m.layers[0].attn, m.cfg
+    x = torch.randn(2, 12, cfg.d_model, generator=torch.Generator().manual_seed(1))
+    cos, sin = m.rope_cos[:12], m.rope_sin[:12]
+    with torch.no_grad():
+        got = attn(x, cos, sin)
+    torch.testing.assert_close(got.double(), reference_attention(attn, x.double(), cfg), rtol=1e-4, atol=1e-5)
+
+
+def test_model_logits_equal_the_reference_forward_pass():
+    m = with_random_norm_weights(make(rope_theta=100.0)).eval()
+    with torch.no_grad():  # larger residual-writing weights, so every block visibly changes the result
+        for layer in m.layers:
+            layer.attn.o_proj.weight.mul_(20.0)
+            layer.mlp.down_proj.weight.mul_(20.0)
+    idx = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = m(idx)
+    torch.testing.assert_close(got.double(), reference_forward(m, idx), rtol=1e-4, atol=1e-5)
