@@ -216,6 +216,40 @@ def test_datatrove_cluster_and_filter_take_our_signatures(tmp_path: Path) -> Non
     assert [d["id"] for d in read_kept(tmp_path / "kept")] == ["f0-0", "f0-1", "f0-3"]
 
 
+def ideographs(*spans: range) -> str:
+    """Distinct CJK ideographs (NFKC leaves them alone), so every 5-gram of the text is distinct."""
+    return "".join(chr(0x4E00 + i) for span in spans for i in span)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "kept_ids"), [(None, ["f0-0", "f0-1", "f1-1", "f1-2"]), (0.65, ["f0-0", "f0-1", "f1-2"])]
+)
+def test_verification_merges_pairs_above_the_threshold_only(
+    tmp_path: Path, threshold: float | None, kept_ids: list
+) -> None:
+    """Texts of 104 distinct characters (100 5-grams): `above` replaces the last 6 of `base` (94 5-grams shared
+    out of 106: Jaccard 0.887), `below` the first 16 (84 of 116: 0.724), and `above`/`below` share 78 of 122
+    (0.639). With 128 bands of 1 row every pair is an LSH candidate, so only the verification can keep `below`:
+    with the default threshold (0.8) it stays; at 0.65 it goes too."""
+    base, above, below = (
+        ideographs(range(104)),
+        ideographs(range(98), range(1000, 1006)),
+        ideographs(range(2000, 2016), range(16, 104)),
+    )
+    cfg = DedupConfig(num_bands=128, rows_per_band=1)
+    sets = {name: shingles(text, cfg) for name, text in (("base", base), ("above", above), ("below", below))}
+    assert [round(jaccard(sets["base"], sets[k]), 3) for k in ("above", "below")] == [0.887, 0.724]
+    params = minhash_parameters(cfg.num_hashes, cfg.seed)
+    sig = {k: minhash_signature(v, params) for k, v in sets.items()}
+    assert estimated_jaccard(sig["base"], sig["above"]) > 0.85 and estimated_jaccard(sig["base"], sig["below"]) < 0.75
+    if threshold is not None:
+        cfg.threshold = threshold
+    write_corpus(tmp_path / "in", [[base, OTHER], [above, below, THIRD]])
+    kept, stats = run_dedup(cfg, tmp_path / "in", tmp_path, tasks=1)
+    assert [d["id"] for d in kept] == kept_ids
+    assert stats["🫂 Duplicate filter"]["dropped_near_duplicate"] == 5 - len(kept_ids)
+
+
 # --- the real pages -------------------------------------------------------------------------------------------------
 
 
