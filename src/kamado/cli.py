@@ -47,7 +47,9 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.config import load_config
     from kamado.recipe.pipeline import run_recipe
 
-    run_recipe(load_config(args.recipe, overrides), Path(args.recipe))
+    cfg = load_config(args.recipe, overrides)
+    args.out = cfg.out_dir  # named in a disk-full or read-only error
+    run_recipe(cfg, Path(args.recipe))
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -89,13 +91,15 @@ def cmd_tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.config import SAMPLING_RANGES
+
+    _check_flags(args, **SAMPLING_RANGES)  # before torch is even imported
+    if not args.prompt:
+        raise ConfigError("--prompt is empty: give at least one character of text to continue")
+
     from kamado.model.generate import SamplingParams, generate
     from kamado.tokenizer import Tokenizer
     from kamado.train.checkpoint import load_model
 
-    _check_flags(args, **SAMPLING_RANGES)
-    if not args.prompt:
-        raise ConfigError("--prompt is empty: give at least one character of text to continue")
     model, found = load_model(args.checkpoint)
     tok = Tokenizer.load(args.tokenizer or found.parent.parent / "tokenizer")
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, (tok.eos_id,), args.seed)
@@ -104,13 +108,15 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_params(args: argparse.Namespace, overrides: list[str]) -> None:
+    from kamado.config import load_config
+
+    cfg = load_config(args.config, overrides)  # a bad value fails before torch is imported
+
     import torch
 
-    from kamado.config import load_config
     from kamado.model.transformer import Transformer
     from kamado.train.speed import flops_per_token
 
-    cfg = load_config(args.config, overrides)
     with torch.device("meta"):  # no memory is allocated, so even the 100b shape is instant
         model = Transformer(cfg.model)
     m = cfg.model
@@ -231,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         disk = user_os_error(e)
         if disk is None:
             raise
+        if disk.filename is None:  # some writers (gzip streams in datatrove) do not say which file
+            disk.filename = f"a file under {getattr(args, 'out', None) or 'the output folder'}"
         print(f"kamado: error: {describe_os_error(disk)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
