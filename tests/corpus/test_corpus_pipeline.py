@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -74,6 +75,40 @@ def test_restart_after_losing_outputs_is_identical(first_run: tuple[Path, dict],
     shutil.rmtree(again / "shards")
     run_corpus(config(), SAMPLE, again)
     assert shard_bytes(again) == expected
+
+
+def test_restart_after_a_failed_task_reports_every_task(first_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """As left by an error in extraction task 1 (no completion marker, no task stats, no later stage): the restart
+    redoes that task only, and the summary and report count every task, not just the one redone."""
+    out, summary = first_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    logs = again / "work" / "logs"
+    for p in [logs / "extract/completions/00001", logs / "extract/stats/00001.json", logs / "extract/stats.json"]:
+        p.unlink()
+    for p in [*(again / "work/extracted").glob("00001*"), again / "corpus_summary.json", again / "corpus_report.md"]:
+        p.unlink()
+    for d in [*logs.glob("dedup_*"), again / "work/dedup", again / "work/deduped", again / "shards"]:
+        shutil.rmtree(d)
+    redone = run_corpus(config(), SAMPLE, again)
+    assert shard_bytes(again) == shard_bytes(out)
+    assert redone["stats"] == summary["stats"]
+    assert report.funnel(redone)[0] == ("WARC records", 206)
+
+
+def test_input_without_warc_records_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tester's case: random bytes named x.warc.gz gave exit 0 and an empty manifest, and nothing said why."""
+    warcs = tmp_path / "warcs"
+    warcs.mkdir()
+    (warcs / "x.warc.gz").write_bytes(random.Random(0).randbytes(4096))
+    summary = run_corpus(config(), warcs, tmp_path / "out")
+    assert summary["documents_out"] == 0
+    reader = summary["stats"]["extract"]["🕷 WARC pages"]
+    assert (reader["input_bytes"], reader["not_warc_file"], reader.get("warc_records", 0)) == (4096, 1, 0)
+    warning = "1 input file(s), 4,096 bytes, gave 0 documents: 1 file(s) not readable as WARC"
+    assert f"kamado: warning: {warning}" in capsys.readouterr().err
+    text = (tmp_path / "out" / "corpus_report.md").read_text()
+    assert warning in text and "| not_warc_file | 1 |" in text
 
 
 def test_bad_inputs(tmp_path: Path) -> None:

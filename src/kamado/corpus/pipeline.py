@@ -14,6 +14,7 @@ the rest; the reshard stage rewrites its shards deterministically (see `kamado.c
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 from kamado.atomic import atomic_write_text
 from kamado.corpus.config import CorpusConfig
-from kamado.corpus.report import write_corpus_report
+from kamado.corpus.report import warnings, write_corpus_report
 from kamado.corpus.reshard import reshard
 from kamado.errors import ConfigError, DataError
 
@@ -60,12 +61,17 @@ def _executor(cfg: CorpusConfig, steps: list[Any], tasks: int, logging_dir: str)
 
 
 def stage_stats(logging_dir: Path) -> dict[str, dict[str, int]]:
-    """{step name: {stat: total}} from a finished stage's datatrove `stats.json`."""
-    raw = json.loads((logging_dir / "stats.json").read_text())
-    return {
-        step["name"].split(": ", 1)[-1]: {k: v["total"] if isinstance(v, dict) else v for k, v in step["stats"].items()}
-        for step in raw
-    }
+    """{step name: {stat: total}} summed over a finished stage's tasks (datatrove's `stats/<task>.json`).
+
+    Not datatrove's `stats.json`: it holds only the tasks the latest run did, so after a restart (a task failed or
+    was killed) it would count just the tasks that were redone, and the report would miss the others."""
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted((logging_dir / "stats").glob("*.json")):
+        for step in json.loads(path.read_text()):
+            totals = out.setdefault(step["name"].split(": ", 1)[-1], {})
+            for k, v in step["stats"].items():
+                totals[k] = totals.get(k, 0) + (v["total"] if isinstance(v, dict) else v)
+    return out
 
 
 _NOT_OUTPUT_SETTINGS = ("workers", "executor", "ray_address")  # where and how fast, not what comes out
@@ -144,4 +150,6 @@ def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> 
     }
     atomic_write_text(out_dir / "corpus_summary.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     write_corpus_report(out_dir, summary)
+    for line in warnings(summary):
+        print(f"kamado: warning: {line} (see {out_dir / 'corpus_report.md'})", file=sys.stderr)
     return summary

@@ -102,7 +102,9 @@ class WarcPageReader(BaseDiskReader):
     """Reads `.warc` / `.warc.gz` files (any mix, found under `data_folder`) into page documents.
 
     Stats: `warc_records`, one `warc_<type>` per record type, each skip reason of `kamado.corpus.warc` and each
-    drop reason of `record_to_document`. A file that cannot be opened is counted (`unreadable_file`), not fatal."""
+    drop reason of `record_to_document`; `input_bytes` (file sizes). Whole files are counted too, never fatal: one
+    that cannot be opened (`unreadable_file`), and a non-empty one without a single WARC record in it
+    (`not_warc_file`: not a WARC file, or damaged throughout), so that input which gives nothing says why."""
 
     name = "🕷 WARC pages"
 
@@ -137,6 +139,8 @@ class WarcPageReader(BaseDiskReader):
     def read_file(self, filepath: str) -> Iterator[Document]:
         counts: Counter[str] = Counter()
         try:
+            size = self.data_folder.size(filepath)
+            self.stat_update("input_bytes", value=size)
             with self.data_folder.open(filepath, "rb") as f:
                 for record in iter_records(f, counts, self.max_record_bytes):
                     self.stat_update(f"warc_{record.record_type or 'untyped'}")
@@ -151,6 +155,9 @@ class WarcPageReader(BaseDiskReader):
                     if self.default_metadata:
                         doc.metadata = self.default_metadata | doc.metadata
                     yield doc
+            if size and not counts["records"]:
+                self.stat_update("not_warc_file")
+                logger.warning(f"{filepath}: {size} bytes without a WARC record in them; skipped")
         except OSError as e:
             self.stat_update("unreadable_file")
             logger.warning(f"{filepath}: cannot read ({e}); skipped")

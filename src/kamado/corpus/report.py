@@ -1,5 +1,5 @@
 """The corpus report: documents in and out of each stage, why documents were dropped, the languages seen, speed,
-and a funnel plot, from the summary `run_corpus` collects (datatrove's per-stage `stats.json`).
+and a funnel plot, from the summary `run_corpus` collects (datatrove's per-task stats, summed per stage).
 
 Steps are found by their display names (`STEP_NAMES`; a test checks them against the steps' own `name`), so
 reading a summary needs neither datatrove nor the steps.
@@ -29,7 +29,8 @@ STEP_NAMES: dict[str, tuple[str, str, str]] = {
 }
 
 
-_READER_COUNTS = {"documents", "doc_len", "input_files"}  # the reader's other stats name skipped records
+_READER_COUNTS = {"documents", "doc_len", "input_files", "input_bytes"}  # the reader's other stats name skips
+_FILE_SKIPS = ("not_warc_file", "unreadable_file")  # whole input files the reader got no record from
 
 
 def _step(summary: dict[str, Any], stage: str, part: str) -> dict[str, int] | None:
@@ -59,6 +60,35 @@ def rejections(summary: dict[str, Any]) -> list[tuple[str, str, int]]:
                 elif "WARC pages" in step and not key.startswith("warc_") and key not in _READER_COUNTS and n:
                     out.append((step, key, int(n)))  # a record the reader skipped (malformed, truncated, ...)
     return sorted(out, key=lambda r: -r[2])
+
+
+def inputs(summary: dict[str, Any]) -> dict[str, int]:
+    """{"files", "bytes", "records", "bad_files"}: what went into the reader (bad: not readable as WARC)."""
+    stats = _step(summary, "extract", "WARC pages") or {}
+    return {
+        "files": int(stats.get("input_files", 0)),
+        "bytes": int(stats.get("input_bytes", 0)),
+        "records": int(stats.get("warc_records", 0)),
+        "bad_files": sum(int(stats.get(k, 0)) for k in _FILE_SKIPS),
+    }
+
+
+def warnings(summary: dict[str, Any]) -> list[str]:
+    """What a user must not miss: input that gave no document at all (and why), input files without WARC records.
+
+    Not errors: a crawl slice with no Japanese page in it is a valid, empty result; `kamado run` refuses to train
+    on an empty corpus itself."""
+    got = inputs(summary)
+    bad = f"{got['bad_files']} file(s) not readable as WARC"
+    if summary["documents_out"] == 0 and got["bytes"] > 0:
+        why = [bad] if got["bad_files"] else []
+        why += [f"{got['records']:,} WARC records read"] if got["records"] else []
+        reasons = [f"{reason} {n:,}" for _, reason, n in rejections(summary) if reason not in _FILE_SKIPS][:4]
+        why += [f"dropped or skipped: {', '.join(reasons)}"] if reasons else []
+        return [f"{got['files']} input file(s), {got['bytes']:,} bytes, gave 0 documents: {'; '.join(why)}"]
+    if got["bad_files"]:
+        return [f"{bad} out of {got['files']} (no record read from them; the reader's log names them)"]
+    return []
 
 
 def languages(summary: dict[str, Any]) -> dict[str, int]:
@@ -107,7 +137,16 @@ def write_corpus_report(out_dir: Path, summary: dict[str, Any]) -> Path:
     """`corpus_report.md` + `corpus_funnel.png` in `out_dir`."""
     plot_funnel(summary, out_dir / "corpus_funnel.png")
     sp = speed(summary)
-    lines = ["# kamado corpus report", "", "## Funnel", "", "| step | documents |", "|---|---:|"]
+    got = inputs(summary)
+    lines = ["# kamado corpus report", ""]
+    lines += [f"**Warning: {w}.**\n" for w in warnings(summary)]
+    lines += [
+        f"Input: {got['files']:,} file(s), {got['bytes']:,} bytes; {got['records']:,} WARC records read, "
+        f"{got['bad_files']:,} file(s) not readable as WARC. Records the reader skipped, and why, are in the "
+        "dropped table.",
+        "",
+    ]
+    lines += ["## Funnel", "", "| step | documents |", "|---|---:|"]
     lines += [f"| {row} | {n:,} |" for row, n in funnel(summary)]
     lines += ["", "![funnel](corpus_funnel.png)", "", "## Dropped documents", "", "| step | reason | documents |"]
     lines += ["|---|---|---:|"] + [f"| {step} | {reason} | {n:,} |" for step, reason, n in rejections(summary)]
