@@ -49,7 +49,7 @@ class Range:
             if integer and not (self.lo_open or self.hi_open):
                 return f"an integer in {lo}..{hi}"
             left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-            return f"{kind.replace('a finite', 'a')} in {left}{lo}, {hi}{right}"
+            return f"{'an integer' if integer else 'a number'} in {left}{lo}, {hi}{right}"
         if self.lo is not None:
             text = f"{kind} {'>' if self.lo_open else '>='} {_num(self.lo)}"
         elif self.hi is not None:
