@@ -31,7 +31,7 @@ import pytest
 from kamado.corpus.warc import SKIP_REASONS, WarcRecord, iter_records
 
 SAMPLE = Path(__file__).parents[2] / "samples" / "warc"
-SEEDS = 25  # per kind and form: 7 kinds x 2 forms x 25 = 350 cases, a few seconds
+SEEDS = 25  # per kind and form: 7 kinds x 2 forms x 25 = 350 cases, about 2 s (more under `slow`)
 Key = tuple[str, str, tuple[tuple[str, str], ...], bytes]
 
 
@@ -245,11 +245,8 @@ def check(case: Case, got: list[WarcRecord], counts: Counter[str]) -> str | None
     return None
 
 
-@pytest.mark.parametrize("gzipped", [True, False], ids=["warc.gz", "warc"])
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_warc_fuzz(kind: str, gzipped: bool, fault_counts: Counter[str]) -> None:
-    start = time.perf_counter()
-    for seed in range(SEEDS):
+def run_cases(kind: str, gzipped: bool, seeds: range, fault_counts: Counter[str]) -> None:
+    for seed in seeds:
         case = build_case(kind, gzipped, seed)
         counts: Counter[str] = Counter()
         got = list(iter_records(io.BytesIO(case.data()), counts))
@@ -257,4 +254,19 @@ def test_warc_fuzz(kind: str, gzipped: bool, fault_counts: Counter[str]) -> None
         form = "warc.gz" if gzipped else "warc"
         assert problem is None, f"{kind} / {form} / seed {seed} / {case.material.name}: {problem}"
         fault_counts["WARC fuzz cases, records accounted for"] += 1
+
+
+@pytest.mark.parametrize("gzipped", [True, False], ids=["warc.gz", "warc"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_warc_fuzz(kind: str, gzipped: bool, fault_counts: Counter[str]) -> None:
+    start = time.perf_counter()
+    run_cases(kind, gzipped, range(SEEDS), fault_counts)
     assert time.perf_counter() - start < 30, "the fuzz cases must stay fast"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gzipped", [True, False], ids=["warc.gz", "warc"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_warc_fuzz_more_seeds(kind: str, gzipped: bool, fault_counts: Counter[str]) -> None:
+    """20x the seeds: 7,000 cases, about 30 s."""
+    run_cases(kind, gzipped, range(SEEDS, 21 * SEEDS), fault_counts)
