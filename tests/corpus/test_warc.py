@@ -207,3 +207,12 @@ def test_damaged_first_gzip_header_is_still_a_gzipped_file(build) -> None:
     records, counts = read_bytes(b"\x00" + members[0][1:] + members[1] + members[2])
     assert [r.target_uri for r in records] == ["http://a.jp/1", "http://a.jp/2"]
     assert skipped(counts) == {"corrupt_gzip": 1}
+
+
+@pytest.mark.parametrize("size", [16_380, 2 * 16_384 - 4, 100_000])
+def test_long_garbage_without_newline_split_inside_the_version_line(build, size: int) -> None:
+    """Lines are read 16 KiB at a time: a version line cut in two at that limit is still found."""
+    recs = _three(build)
+    records, counts = read_bytes(recs[0] + b"x" * size + recs[1] + recs[2])
+    assert [r.target_uri for r in records] == ["http://a.jp/0", "http://a.jp/1", "http://a.jp/2"]
+    assert skipped(counts) == {"malformed_header": 1}
