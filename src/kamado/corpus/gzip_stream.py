@@ -131,8 +131,9 @@ class WarcByteStream:
                 return True
 
     def _resync(self) -> bool:
-        """After a corrupt or cut member: go to the next gzip header after the member's first byte. A break when
-        one is found (the reader drops what it was reading), else the end of input. Always False (no bytes)."""
+        """After a corrupt or cut member: go to the next gzip header after the member's first byte, and signal a
+        break (the bytes before it are not known to be whole: the reader drops what it was reading). Returns
+        False, as `_fill` does at a break."""
         if self._seekable:
             self._raw.seek(self._member_at + 1)
             self._raw_at = self._member_at + 1
