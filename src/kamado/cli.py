@@ -47,7 +47,9 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.config import load_config
     from kamado.recipe.pipeline import run_recipe
 
-    run_recipe(load_config(args.recipe, overrides), Path(args.recipe))
+    cfg = load_config(args.recipe, overrides)
+    args.out = cfg.out_dir  # named in a disk-full or read-only error
+    run_recipe(cfg, Path(args.recipe))
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -235,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         disk = user_os_error(e)
         if disk is None:
             raise
+        if disk.filename is None:  # some writers (gzip streams in datatrove) do not say which file
+            disk.filename = f"a file under {getattr(args, 'out', None) or 'the output folder'}"
         print(f"kamado: error: {describe_os_error(disk)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

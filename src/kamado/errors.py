@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import os
 
-# OSErrors that are the machine's or the user's doing (a full disk, a read-only folder, missing permission), not
-# kamado's: the CLI reports them as one line naming the path and the cause.
-USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+# OSErrors that are the machine's or the user's doing (a full disk, a read-only folder, missing permission, a file
+# where an output folder should be), not kamado's: the CLI reports them as one line naming the path and the cause.
+USER_OS_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EEXIST, errno.ENOTDIR}
+)
 
 
 class KamadoError(Exception):
@@ -52,6 +54,8 @@ _HINTS = {
     errno.EROFS: "choose a writable output folder",
     errno.EACCES: "check the folder's permissions",
     errno.EPERM: "check the folder's permissions",
+    errno.EEXIST: "something else is in the way there: move it, or choose another output folder",
+    errno.ENOTDIR: "a file is where kamado needs a folder: move it, or choose another output folder",
 }
 
 

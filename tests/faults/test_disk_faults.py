@@ -133,7 +133,7 @@ def test_read_only_output_folder(tmp_path, tokenizer_dir, fault_counts, command)
             subprocess.run(["umount", str(fs.where)], check=False)
     last = one_line_error(r, str(ro))
     assert "Read-only file system" in last or "Permission denied" in last, last
-    fault_counts["read-only folders reported"] += 1
+    fault_counts["unwritable outputs reported"] += 1
 
 
 @pytest.mark.parametrize("command", ["tokenizer train", "tokenize", "corpus run"])
@@ -144,3 +144,14 @@ def test_injected_enospc_in_every_writing_command(tmp_path, tokenizer_dir, fault
     r = kamado(*args)  # room again: the same command finishes
     assert r.returncode == 0, r.stderr[-3000:]
     fault_counts["full disks survived"] += 1
+
+
+@pytest.mark.parametrize("command", ["tokenizer train", "tokenize", "corpus run"])
+def test_a_file_in_the_way_of_the_output_folder(tmp_path, tokenizer_dir, fault_counts, command):
+    blocker = tmp_path / "in_the_way"
+    blocker.write_text("the user's file\n")
+    args = commands(blocker, tokenizer_dir)[command]  # outputs go under <blocker>/..., which cannot be a folder
+    r = kamado(*args)
+    one_line_error(r, str(blocker))
+    assert blocker.read_text() == "the user's file\n"  # and the file is left as it was
+    fault_counts["unwritable outputs reported"] += 1
