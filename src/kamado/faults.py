@@ -23,6 +23,8 @@ FAILPOINTS = (
     "train.before_eval",  # a step's metrics logged, its evaluation not yet run
     "tokenizer.before_record",  # tokenizer files written, completion record not
     "shards.before_record",  # a source's shards and manifest written, completion record not
+    "corpus.before_stage",  # a corpus stage (extract, then the dedup stages) about to start
+    "recipe.during_bits_per_char",  # held-out Japanese scored against xz, English not yet
     "recipe.before_summary",  # every stage done, summary.json not written
     "disk.write",  # any atomic file write or checkpoint tensor file (use with @enospc / @erofs)
 )

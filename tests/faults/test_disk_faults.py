@@ -85,7 +85,7 @@ def kamado(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 # ------------------------------------------------------------------------------------- kamado run, disk full
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["300k", "1200k", "2600k", "4200k"])  # full in: corpus, shards, checkpoints, ...
+@pytest.mark.parametrize("size", ["300k", "1200k", "3000k"])  # full in: the corpus, the shards, the checkpoints
 def test_run_on_a_full_disk_then_resume(micro, reference, small_fs, fault_counts, size):
     out = small_fs.mount(size) / "run"
     r = micro.run(out)
@@ -97,7 +97,7 @@ def test_run_on_a_full_disk_then_resume(micro, reference, small_fs, fault_counts
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nth", [1, 5, 12, 30, 60])
+@pytest.mark.parametrize("nth", [1, 12, 60])  # the corpus settings, a shard index, a checkpoint file
 def test_run_with_injected_enospc_then_resume(micro, reference, tmp_path, fault_counts, nth):
     out = tmp_path / "run"
     r = micro.run(out, failpoint=f"disk.write:{nth}@enospc")

@@ -25,6 +25,8 @@ KILLS = [
     ("train.before_eval", 12),
     ("tokenizer.before_record", 1),
     ("shards.before_record", 2),
+    ("corpus.before_stage", 3),
+    ("recipe.during_bits_per_char", 1),
     ("recipe.before_summary", 1),
 ]
 

@@ -25,6 +25,7 @@ from kamado.corpus.config import CorpusConfig
 from kamado.corpus.report import warnings, write_corpus_report
 from kamado.corpus.reshard import reshard
 from kamado.errors import ConfigError, DataError
+from kamado.faults import failpoint
 
 Stage = tuple[str, list[Any], int]
 
@@ -126,6 +127,7 @@ def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> 
 
     def run_stage(name: str, steps: list[Any], tasks: int) -> None:
         logs = work / "logs" / name
+        failpoint("corpus.before_stage")
         start = time.perf_counter()
         _executor(cfg, steps, tasks, str(logs)).run()
         seconds[name] = time.perf_counter() - start

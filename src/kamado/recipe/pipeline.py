@@ -182,6 +182,7 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
                 "model": model_bits_per_char(model, tok, docs, context=cfg.data.seq_len),
                 "xz": xz_conditional_bits_per_char(train_docs, docs),
             }
+            failpoint("recipe.during_bits_per_char")
         return res
 
     summary["bits_per_char"] = stages.run("bits/char vs xz", compression)
