@@ -9,7 +9,7 @@ import torch
 
 from kamado.model.transformer import Transformer
 from kamado.train import checkpoint as ckpt
-from kamado.train.callbacks import Checkpointer, MetricsLogger, SpeedMonitor
+from kamado.train.callbacks import Callback, Checkpointer, MetricsLogger, SpeedMonitor
 from kamado.train.trainer import Trainer
 
 
@@ -158,3 +158,27 @@ def test_loss_spike_by_zscore_is_skipped(tiny_cfg, loader_cls):
     t.fit()
     events = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "events.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events] == [("skip_update", 24)]
+
+
+class _EvalBeforeSave(Callback):
+    """Records, at each evaluation, whether that step's checkpoint already existed."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_eval_end(self, trainer, metrics):
+        self.seen[trainer.step] = (trainer.ckpt_dir / f"step_{trainer.step:08d}").exists()
+
+
+def test_a_step_is_evaluated_before_it_is_checkpointed(tiny_cfg, loader_cls, tmp_path):
+    """A run killed right after a checkpoint must not lose that step's evaluation on resume: the save comes after."""
+    tiny_cfg.train.eval_every = tiny_cfg.checkpoint.every = 10
+    t = build(tiny_cfg, loader_cls, tmp_path / "r")
+    t.val_batches = lambda: iter([t.loader.next_batch()])
+    probe = _EvalBeforeSave()
+    t.callbacks.insert(0, probe)
+    t.fit()
+    assert probe.seen == {10: False, 20: False, 30: False}
+    assert t.last_eval is not None and t.last_eval["step"] == 30
+    resumed = build(tiny_cfg, loader_cls, tmp_path / "r")  # a rerun of the finished run keeps its last eval
+    assert resumed.fit()["eval"] == t.last_eval
