@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_kill_between_the_renames_of_a_resave(micro, reference, tmp_path, fault_
     fault_counts["kills survived"] += 1
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_kill_at_random_moments_then_rerun(micro, reference, tmp_path, fault_counts, seed):
     """One to three SIGKILLs of the whole process group at random moments (any stage: corpus workers included),
     then a rerun to the end."""
@@ -72,15 +73,18 @@ def test_kill_at_random_moments_then_rerun(micro, reference, tmp_path, fault_cou
     out = tmp_path / "run"
     total = reference[2]  # how long a whole run took on this machine
     kills = 0
-    for _ in range(rng.randint(1, 3)):
-        delay = rng.uniform(0.3, 0.95 * total)
+    for i in range(rng.randint(1, 3)):
+        # the first kill early enough to land whatever the machine's load; later ones anywhere in what is left
+        delay = rng.uniform(0.3, (0.5 if i == 0 else 0.9) * total)
         p = micro.start(out)
         try:
             p.wait(timeout=delay)
-        except Exception:
+            break  # the run finished before this kill: nothing left to interrupt
+        except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             kills += 1
+    assert kills >= 1, f"seed {seed}: the run finished before the first kill"
     micro.ok(out)
     micro.assert_same(micro.outcome(out), reference[1], f"seed {seed}: {kills} random kill(s)")
     fault_counts["kills survived"] += kills
