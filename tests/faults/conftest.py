@@ -37,35 +37,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # checkpoints and evaluations, bits/char, generation, report), run as a real process.
 
 ROOT = Path(__file__).resolve().parents[2]
-MICRO = [
-    "--model.d_model=64",
-    "--model.n_layers=2",
-    "--model.n_heads=4",
-    "--model.n_kv_heads=2",
-    "--model.ffn_hidden=128",
-    "--model.max_seq_len=64",
-    "--data.seq_len=64",
-    "--data.phases=[{start_tokens = 0, weights = {ja = 1.0, en = 1.0, ja_web = 0.5}},"
-    " {start_tokens = 4096, weights = {ja = 1.0}}]",
-    "--tokenizer.vocab_size=1000",
-    "--train.batch_size=4",
-    "--train.steps=24",
-    "--train.eval_every=6",
-    "--train.log_every=2",
-    "--train.peak_flops=1e11",
-    "--checkpoint.every=4",
-    "--checkpoint.keep_last=3",
-    "--generate.max_new_tokens=8",
-]
+MICRO = ["--train.steps=24", "--train.eval_every=6", "--checkpoint.keep_last=3"]  # on top of tests/conftest.py's SHRINK
 TIMING_KEYS = {"tokens_per_s", "mfu"}  # the only logged values that depend on the clock
 
 
 class Micro:
     """Start, kill and compare micro runs."""
 
+    def __init__(self, shrink: list[str]):
+        self.shrink = shrink
+
     def start(self, out: Path, *extra: str, failpoint: str = "") -> subprocess.Popen:
         env = {**os.environ, "COLUMNS": "100", "KAMADO_FAILPOINT": failpoint}
-        args = [sys.executable, "-m", "kamado.cli", "run", "recipes/tiny.toml", f"--out_dir={out}", *MICRO, *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "kamado.cli",
+            "run",
+            "recipes/tiny.toml",
+            f"--out_dir={out}",
+            *self.shrink,
+            *MICRO,
+            *extra,
+        ]
         return subprocess.Popen(
             args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
@@ -110,8 +104,8 @@ class Micro:
 
 
 @pytest.fixture(scope="session")
-def micro() -> Micro:
-    return Micro()
+def micro(shrink_args: list[str]) -> Micro:
+    return Micro(shrink_args)
 
 
 @pytest.fixture(scope="session")

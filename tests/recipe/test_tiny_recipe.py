@@ -11,31 +11,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHRINK = [
-    "--model.d_model=64",
-    "--model.n_layers=2",
-    "--model.n_heads=4",
-    "--model.n_kv_heads=2",
-    "--model.ffn_hidden=128",
-    "--model.max_seq_len=64",
-    "--data.seq_len=64",
-    "--data.phases=[{start_tokens = 0, weights = {ja = 1.0, en = 1.0, ja_web = 0.5}},"
-    " {start_tokens = 4096, weights = {ja = 1.0}}]",
-    "--tokenizer.vocab_size=1000",
-    "--train.batch_size=4",
-    "--train.eval_every=8",
-    "--train.log_every=2",
-    "--train.peak_flops=1e11",
-    "--checkpoint.every=4",
-    "--generate.max_new_tokens=8",
-]
 
 
-def kamado_run(out_dir: Path, steps: int) -> subprocess.Popen:
+def kamado_run(out_dir: Path, steps: int, shrink: list[str]) -> subprocess.Popen:
+    """The tiny recipe with the sizes shrunk (`shrink_args`, tests/conftest.py)."""
     args = [sys.executable, "-m", "kamado.cli", "run", "recipes/tiny.toml", f"--out_dir={out_dir}"]
     env = {**os.environ, "COLUMNS": "100"}
     return subprocess.Popen(
-        [*args, *SHRINK, f"--train.steps={steps}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*args, *shrink, "--train.eval_every=8", f"--train.steps={steps}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -45,9 +32,9 @@ def losses(run: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path):
+def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args):
     full = tmp_path / "full"
-    p = kamado_run(full, 24)
+    p = kamado_run(full, 24, shrink_args)
     out = p.communicate(timeout=600)[0].decode()
     assert p.returncode == 0, out
     for f in ("report.md", "loss.png", "summary.json", "metrics.jsonl", "tokenizer/tokenizer.json", "config.json"):
@@ -72,14 +59,14 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path):
 
     # kill -9 in the middle of training, then run the same command again
     killed = tmp_path / "killed"
-    p = kamado_run(killed, 24)
+    p = kamado_run(killed, 24, shrink_args)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_00000012").is_dir():
         assert time.time() < deadline and p.poll() is None
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    p = kamado_run(killed, 24)
+    p = kamado_run(killed, 24, shrink_args)
     out = p.communicate(timeout=600)[0].decode()
     assert p.returncode == 0, out
     assert losses(killed) == seq  # identical loss sequence to the uninterrupted run
