@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench mutation clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,14 @@ test: install
 bench: install
 	$(BIN)/python bench/train_throughput.py
 
+# Mutation testing of model/, train/ and data/loader.py with mutmut ([tool.mutmut] in pyproject.toml; it works in
+# ./mutants), at the lowest priority with one child; not part of `make test`. Prints the surviving mutants.
+# MUTANTS narrows it to name patterns, e.g. make mutation MUTANTS='kamado.model.* kamado.data.loader.*'
+MUTANTS ?=
+mutation: install
+	nice -n 19 $(BIN)/mutmut run --max-children 1 $(foreach m,$(MUTANTS),'$(m)')
+	@echo "surviving mutants (mutmut show NAME for the diff):"
+	@$(BIN)/mutmut results
+
 clean:
-	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache mutants
