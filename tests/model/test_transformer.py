@@ -132,7 +132,9 @@ def test_residual_output_projections_use_scaled_init():
 
 
 def test_sequence_longer_than_max_seq_len_is_rejected():
-    with pytest.raises(ValueError, match="max_seq_len"):
+    full = torch.zeros(1, 32, dtype=torch.long)  # max_seq_len itself is fine, positions starting at 0
+    assert make()(full).shape == (1, 32, 97) and make().hidden_states(full).shape == (1, 32, 64)
+    with pytest.raises(ValueError, match=r"sequence of 33 tokens exceeds model\.max_seq_len=32"):
         make()(torch.zeros(1, 33, dtype=torch.long))
 
 
@@ -214,8 +216,9 @@ def test_attention_equals_a_reference_with_qk_norm_before_rope(qk_norm):
     torch.testing.assert_close(got.double(), reference_attention(attn, x.double(), cfg), rtol=1e-4, atol=1e-5)
 
 
-def test_model_logits_equal_the_reference_forward_pass():
-    m = with_random_norm_weights(make(rope_theta=100.0)).eval()
+@pytest.mark.parametrize("norm_eps", [1e-6, 0.1])  # 0.1 is far above the mean square of the activations
+def test_model_logits_equal_the_reference_forward_pass(norm_eps):
+    m = with_random_norm_weights(make(rope_theta=100.0, norm_eps=norm_eps)).eval()
     with torch.no_grad():  # larger residual-writing weights, so every block visibly changes the result
         for layer in m.layers:
             layer.attn.o_proj.weight.mul_(20.0)
@@ -223,4 +226,41 @@ def test_model_logits_equal_the_reference_forward_pass():
     idx = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         got = m(idx)
-    torch.testing.assert_close(got.double(), reference_forward(m, idx), rtol=1e-4, atol=1e-5)
+        from_hidden = m.lm_head(m.hidden_states(idx))  # positions 0..13 when no position is given
+    expected = reference_forward(m, idx)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(from_hidden.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoints_hold_the_weights_only():
+    """The RoPE tables are rebuilt from the config, never saved: state_dict is exactly the parameters."""
+    m = make()
+    assert set(m.state_dict()) == {name for name, _ in m.named_parameters()}
+
+
+def test_two_tokens_are_masked_causally_too():
+    m = make().eval()
+    with torch.no_grad():
+        a, b = m(torch.tensor([[5, 6]])), m(torch.tensor([[5, 60]]))
+    torch.testing.assert_close(a[:, 0], b[:, 0])
+
+
+@pytest.mark.parametrize("chunks", [(1, 1, 1, 1, 1, 1, 1), (1, 2, 2, 2), (3, 2, 1, 1), (2, 5)])
+def test_prefill_in_chunks_of_any_size_equals_one_pass(chunks):
+    from kamado.model.generate import KVCache
+
+    m = make().eval()
+    x = torch.randint(0, 97, (2, sum(chunks)), generator=torch.Generator().manual_seed(3))
+    cache, outs, pos = KVCache(m, 2, 16), [], 0
+    with torch.no_grad():
+        for n in chunks:
+            outs.append(m(x[:, pos : pos + n], cache=cache, pos=pos))
+            cache.advance(n)
+            pos += n
+        torch.testing.assert_close(torch.cat(outs, 1), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_rope_keeps_the_dtype_of_its_input():
+    cos, sin = rope_tables(8, 4, 10000.0)
+    x = torch.randn(1, 2, 4, 8).to(torch.bfloat16)
+    assert apply_rope(x, cos, sin).dtype == torch.bfloat16
