@@ -393,9 +393,6 @@ def test_resume_errors_name_what_is_wrong(data: tuple[DataConfig, dict], tmp_pat
         PackedLoader(cfg, 2).load_state_dict(state)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="loader.py checks cursor/epoch with `assert`: AssertionError, or nothing under -O"
-)
 @pytest.mark.parametrize("bad", [{"cursor": 45}, {"cursor": -1}, {"epoch": -1}])  # c has 45 windows
 def test_an_out_of_range_cursor_in_a_checkpoint_is_a_checkpoint_error(data: tuple[DataConfig, dict], bad) -> None:
     cfg, _ = data

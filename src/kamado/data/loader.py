@@ -269,7 +269,11 @@ class PackedLoader:
                     f"checkpoint ({self.num_windows[i]} windows now, {then} then): cannot resume its stream; "
                     "restore the old data or start a new run"
                 )
-            assert 0 <= cursor < then and epoch >= 0, (self.source_names[i], epoch, cursor)
+            if not (0 <= cursor < then and epoch >= 0):  # a hand-edited or damaged state, not a kamado bug
+                raise CheckpointError(
+                    f"data loader state of source '{self.source_names[i]}' is out of range "
+                    f"(epoch {epoch}, cursor {cursor} of {then} windows)"
+                )
         self._epoch = [g[0] for g in got]
         self._cursor = [g[1] for g in got]
         self.sample_index = sample
