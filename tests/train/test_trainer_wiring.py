@@ -235,3 +235,69 @@ def test_resume_with_random_noise_in_the_step_gives_identical_losses(tiny_cfg, l
     other = run(tmp_path / "other")
     torch.manual_seed(99)
     assert other.train_step()["loss"] != a[1]
+
+
+# --- the learning rate reaches the optimizer ------------------------------------------------------------------------
+
+
+def test_the_scheduled_learning_rate_is_what_the_update_uses(tiny_cfg, loader_cls, tmp_path):
+    """AdamW's first update moves every weight by lr · g/|g| = ±lr (bias-corrected moments; decay is 0 here)."""
+    tiny_cfg.train.dtype, tiny_cfg.optim.weight_decay = "fp32", 0.0
+    tiny_cfg.optim.lr, tiny_cfg.schedule.warmup_steps = 1e-3, 4  # step 0 of the warmup: lr = 1e-3 · 1/4
+    trainer = make_trainer(tiny_cfg, loader_cls(64, 4, 16), tmp_path)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.train_step()["lr"] == pytest.approx(2.5e-4)
+    trainer.optimizer.step()
+    moved = torch.cat(
+        [(p.detach() - b).abs().flatten() for p, b in zip(trainer.model.parameters(), before, strict=True)]
+    )
+    moved = moved[moved > 0]
+    assert moved.max().item() == pytest.approx(2.5e-4, rel=1e-3)
+    assert moved.median().item() == pytest.approx(2.5e-4, rel=1e-2)
+
+
+def test_warmup_ends_at_the_peak(tiny_cfg):
+    from kamado.train.optim import lr_at
+
+    s = tiny_cfg.schedule
+    s.kind, s.warmup_steps, s.min_lr_ratio = "cosine", 1, 0.1
+    assert lr_at(0, 100, 2.0, s) == 2.0  # one warmup step: its learning rate is the peak itself
+    s.warmup_steps = 10
+    assert [lr_at(i, 100, 2.0, s) for i in (0, 9, 10)] == [0.2, 2.0, 2.0]  # then the cosine starts at the peak
+
+
+# --- the stability monitor's arithmetic ------------------------------------------------------------------------------
+
+
+def monitor(**kw):
+    from kamado.config import StabilityConfig
+    from kamado.train.stability import StabilityMonitor
+
+    return StabilityMonitor(StabilityConfig(**{"window": 5, "min_history": 5, "z_threshold": 6.0, **kw}))
+
+
+def test_zscore_uses_the_sample_standard_deviation_of_the_window():
+    """History 0, 0, 2, 2, 1: mean 1, squared deviations 1+1+1+1+0 = 4 over n - 1 = 4: std exactly 1."""
+    m = monitor()
+    m.load_state_dict({"history": [1000.0, 0.0, 0.0, 2.0, 2.0, 1.0], "consecutive": 0})  # the window keeps 5
+    assert m.zscore(4.0) == 3.0 and m.zscore(1.0) == 0.0 and m.zscore(-2.0) == -3.0
+    assert not m.is_spike(7.0) and m.is_spike(7.001)  # z = 6 is not above the threshold of 6
+    m.load_state_dict({"history": [2.0, 2.0, 2.0, 2.0, 2.0], "consecutive": 0})  # std 0: any rise is a spike
+    assert m.is_spike(2.001) and not m.is_spike(2.0)
+
+
+def test_detection_starts_at_min_history_accepted_losses():
+    m = monitor()
+    for loss in (0.0, 0.0, 2.0, 2.0):
+        assert m.check(loss).value == "ok"
+    assert not m.is_spike(1e6)  # 4 losses: too few to judge
+    m.check(1.0)
+    assert m.is_spike(1e6)  # 5: judged
+
+
+def test_rollback_needs_max_spikes_in_a_row():
+    m = monitor(max_spikes=3)
+    for loss in (0.0, 0.0, 2.0, 2.0, 1.0):
+        m.check(loss)
+    verdicts = [m.check(loss).value for loss in (1.0, 99.0, 99.0, 1.0, 99.0, 99.0, 99.0, 99.0)]
+    assert verdicts == ["ok", "skip", "skip", "ok", "skip", "skip", "rollback", "skip"]
