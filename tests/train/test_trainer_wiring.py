@@ -266,6 +266,45 @@ def test_warmup_ends_at_the_peak(tiny_cfg):
     assert [lr_at(i, 100, 2.0, s) for i in (0, 9, 10)] == [0.2, 2.0, 2.0]  # then the cosine starts at the peak
 
 
+@pytest.mark.parametrize("kind", ["cosine", "wsd", "constant"])
+def test_schedules_end_where_they_say_and_stay_there(tiny_cfg, kind):
+    from kamado.train.optim import lr_at
+
+    s = tiny_cfg.schedule
+    s.kind, s.warmup_steps, s.min_lr_ratio, s.decay_fraction = kind, 2, 0.1, 0.2
+    end = 1.0 if kind == "constant" else 0.1
+    assert [lr_at(i, 12, 1.0, s) for i in (12, 13, 20)] == pytest.approx([end] * 3)  # past the end: clamped
+    assert lr_at(3, 3, 1.0, s) == pytest.approx(end)  # one step after warmup: the whole decay in one step
+    if kind == "wsd":  # 5 steps, 20% decay: one decay step, after 4 at the peak
+        assert [lr_at(i, 5, 1.0, s) for i in (3, 4, 5)] == pytest.approx([1.0, 1.0, 0.1])
+
+
+def test_adamw_gets_the_configured_betas_eps_and_decay():
+    """Two AdamW steps written out (Loshchilov & Hutter): decoupled decay on matrices only, bias-corrected moments."""
+    from kamado.config import OptimConfig
+    from kamado.train.optim import build_optimizer
+
+    model = nn.Module()
+    model.w, model.b = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2))
+    lr, (b1, b2), eps, wd = 0.1, (0.5, 0.6), 0.3, 0.2
+    opt = build_optimizer(model, OptimConfig(lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd))
+    grads = [torch.tensor(2.0), torch.tensor(-1.0)]
+    for g in grads:
+        model.w.grad, model.b.grad = torch.full((2, 2), float(g)), torch.full((2,), float(g))
+        opt.step()
+    expected = {}
+    for name, decay in (("w", wd), ("b", 0.0)):
+        p, m, v = 1.0, 0.0, 0.0
+        for t, g in enumerate(grads, start=1):
+            p -= lr * decay * p
+            m, v = b1 * m + (1 - b1) * float(g), b2 * v + (1 - b2) * float(g) ** 2
+            p -= lr * (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
+        expected[name] = p
+    assert model.w.detach().flatten().tolist() == pytest.approx([expected["w"]] * 4, rel=1e-5)
+    assert model.b.detach().tolist() == pytest.approx([expected["b"]] * 2, rel=1e-5)
+    assert expected["w"] != pytest.approx(expected["b"])  # the decay is visible
+
+
 # --- the stability monitor's arithmetic ------------------------------------------------------------------------------
 
 
@@ -274,6 +313,12 @@ def monitor(**kw):
     from kamado.train.stability import StabilityMonitor
 
     return StabilityMonitor(StabilityConfig(**{"window": 5, "min_history": 5, "z_threshold": 6.0, **kw}))
+
+
+def test_zscore_of_two_losses():
+    m = monitor(min_history=2)
+    m.load_state_dict({"history": [0.0, 2.0], "consecutive": 0})  # mean 1, std sqrt(2 / 1)
+    assert m.zscore(3.0) == pytest.approx(math.sqrt(2))
 
 
 def test_zscore_uses_the_sample_standard_deviation_of_the_window():
@@ -286,18 +331,22 @@ def test_zscore_uses_the_sample_standard_deviation_of_the_window():
     assert m.is_spike(2.001) and not m.is_spike(2.0)
 
 
-def test_detection_starts_at_min_history_accepted_losses():
+def test_detection_starts_at_min_history_accepted_losses_and_keeps_a_window():
     m = monitor()
-    for loss in (0.0, 0.0, 2.0, 2.0):
+    for loss in (1000.0, 0.0, 0.0, 2.0):
         assert m.check(loss).value == "ok"
     assert not m.is_spike(1e6)  # 4 losses: too few to judge
-    m.check(1.0)
+    assert m.check(2.0).value == "ok"
     assert m.is_spike(1e6)  # 5: judged
+    assert m.check(1.0).value == "ok"  # the 1000 leaves the window of 5: 0, 0, 2, 2, 1 remain
+    assert m.zscore(4.0) == 3.0
 
 
 def test_rollback_needs_max_spikes_in_a_row():
     m = monitor(max_spikes=3)
     for loss in (0.0, 0.0, 2.0, 2.0, 1.0):
         m.check(loss)
-    verdicts = [m.check(loss).value for loss in (1.0, 99.0, 99.0, 1.0, 99.0, 99.0, 99.0, 99.0)]
-    assert verdicts == ["ok", "skip", "skip", "ok", "skip", "skip", "rollback", "skip"]
+    verdicts = [m.check(loss).value for loss in (1.0, 99.0, 99.0, 1.0, 99.0, 99.0, 99.0, 99.0, 99.0, 99.0)]
+    assert verdicts == ["ok", "skip", "skip", "ok", "skip", "skip", "rollback", "skip", "skip", "rollback"]
+    fresh = monitor(max_spikes=3)  # a non-finite loss is a spike even before min_history
+    assert [fresh.check(math.nan).value for _ in range(3)] == ["skip", "skip", "rollback"]
