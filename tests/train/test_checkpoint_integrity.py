@@ -140,3 +140,54 @@ def test_checkpoint_files_are_0644_like_every_other_file(saved):
         "rng.safetensors",
         "state.json",
     }
+
+
+class Killed(BaseException):
+    """A kill at a chosen moment: not an Exception, so nothing on the way catches it."""
+
+
+def test_a_kill_at_any_rename_or_midway_through_any_delete_of_a_resave_keeps_the_step(saved, monkeypatch):
+    """Re-save step 3 and kill it at each rename, and halfway through each folder delete (a kill mid-`rmtree`
+    leaves a half-deleted folder); after the writer's next start step 3 is intact, old copy or new."""
+    root, model, opt = saved
+    s3 = root / "step_00000003"
+    before = (s3 / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    real_rename, real_rmtree = os.rename, shutil.rmtree
+    outcomes = set()
+    for kill_at in range(1, 20):
+        calls = 0
+
+        def now(kill_at: int = kill_at) -> bool:
+            nonlocal calls
+            calls += 1
+            return calls == kill_at
+
+        def rename(src, dst):
+            if now():
+                raise Killed
+            real_rename(src, dst)
+
+        def rmtree(path, ignore_errors=False):
+            if now():
+                os.unlink(sorted(e.path for e in os.scandir(path) if e.is_file())[0])
+                raise Killed
+            real_rmtree(path, ignore_errors=ignore_errors)
+
+        monkeypatch.setattr(ckpt.os, "rename", rename)
+        monkeypatch.setattr(ckpt.shutil, "rmtree", rmtree)
+        try:
+            ckpt.save_checkpoint(root, 3, model, opt, {"config": {}}, keep_last=5)
+            finished = True
+        except Killed:
+            finished = False
+        monkeypatch.undo()
+        ckpt.recover_interrupted_saves(root)
+        assert ckpt.verify_checkpoint(s3) is None, f"killed at filesystem call {kill_at}: step 3 lost"
+        outcomes.add((s3 / "model.safetensors").read_bytes() == before)
+        assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000002", "step_00000003"]
+        if finished:
+            break
+    # the save completed after all its renames and deletes were tried; the old copy and the new one were both seen
+    assert finished and calls >= 3 and outcomes == {True, False}
