@@ -11,7 +11,7 @@ stream (attention `o_proj`, MLP `down_proj`) use init_std / sqrt(2 · n_layers) 
 grow with depth (GPT-2, Megatron-LM); RMSNorm weights start at 1.
 
 Layout of fused weights (for speed: one matmul instead of three / two): `qkv_proj` rows are [q | k | v] and
-`gate_up_proj` rows are [gate | up]; `kamado.model.hf_export` splits them for Hugging Face checkpoints.
+`gate_up_proj` rows are [gate | up]; `kamado.serve.export_hf` splits them for Hugging Face checkpoints.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: LayerCache | None = None,
-        pos: int = 0,
+        pos: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
@@ -96,7 +96,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         q, k, v = q.to(v.dtype), k.to(v.dtype), v
-        if T > 1 and pos > 0:  # chunked prefill after earlier tokens: explicit mask over [past | chunk]
+        if isinstance(pos, torch.Tensor):  # one start position per row (a serving batch): key j is the position j
+            seen = pos[:, None] + torch.arange(T, device=pos.device)  # [B, T] each query's own position
+            mask = torch.arange(k.shape[2], device=pos.device)[None, None, :] <= seen[:, :, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
+        elif T > 1 and pos > 0:  # chunked prefill after earlier tokens: explicit mask over [past | chunk]
             S = k.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
@@ -126,7 +130,7 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, cache: LayerCache | None = None, pos: int = 0) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache: LayerCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -160,12 +164,22 @@ class Transformer(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    def hidden_states(self, idx: torch.Tensor, cache: LayerCache | None = None, pos: int = 0) -> torch.Tensor:
-        """Final-norm hidden states [B, T, d] for tokens `idx` [B, T] at positions pos..pos+T-1."""
+    def hidden_states(
+        self, idx: torch.Tensor, cache: LayerCache | None = None, pos: int | torch.Tensor = 0
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, T, d] for tokens `idx` [B, T] at positions pos..pos+T-1.
+
+        `pos` may be a tensor [B] of per-row start positions (rows of a serving batch at different lengths); the
+        cache then holds position j of every row at index j and keys past a row's own position are masked."""
         T = idx.shape[1]
-        if pos + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]
+        last = int(pos.max()) if isinstance(pos, torch.Tensor) else pos
+        if last + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {last + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if isinstance(pos, torch.Tensor):
+            where = pos[:, None] + torch.arange(T, device=pos.device)  # [B, T]
+            cos, sin = self.rope_cos[where][:, None], self.rope_sin[where][:, None]  # [B, 1, T, D]
+        else:
+            cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]
         x = self.embed(idx)
         for block in self.layers:
             x = block(x, cos, sin, cache, pos)
@@ -178,7 +192,7 @@ class Transformer(nn.Module):
         *,
         z_loss_coef: float = 0.0,
         cache: LayerCache | None = None,
-        pos: int = 0,
+        pos: int | torch.Tensor = 0,
     ) -> torch.Tensor | LossOutput:
         """Logits [B, T, vocab]; or, given `targets`, the training loss (CE + Z-loss, `kamado.model.loss`).
 

@@ -7,19 +7,21 @@ Pass `allow_special=True` for trusted markup (chat templates, prompts) where the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from kamado.errors import DataError
-from kamado.tokenizer.train import EOS, PAD
+from kamado.tokenizer.chat import render_chat
+from kamado.tokenizer.train import CHAT_TEMPLATE, EOS, PAD
 
 
 class Tokenizer:
     """Encode/decode text; `eos_id` separates documents, `pad_id` fills batches."""
 
-    def __init__(self, tok: HFTokenizer) -> None:
+    def __init__(self, tok: HFTokenizer, chat_template: str = CHAT_TEMPLATE) -> None:
         # Two copies of the same pipeline: one reads special strings as plain text, one as special tokens.
         self._plain = HFTokenizer.from_str(tok.to_str())
         self._plain.encode_special_tokens = True
@@ -27,6 +29,7 @@ class Tokenizer:
         self._special.encode_special_tokens = False
         self.eos_id = self.token_id(EOS)
         self.pad_id = self.token_id(PAD)
+        self.chat_template = chat_template
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -39,7 +42,14 @@ class Tokenizer:
             tok = HFTokenizer.from_file(str(file))
         except Exception as e:  # the Rust side raises plain Exception on malformed JSON
             raise DataError(f"{file}: not a valid tokenizer.json ({e})") from None
-        return cls(tok)
+        config = file.parent / "tokenizer_config.json"
+        template = CHAT_TEMPLATE
+        if config.is_file():
+            try:
+                template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") or CHAT_TEMPLATE
+            except (ValueError, AttributeError) as e:
+                raise DataError(f"{config}: not a valid tokenizer_config.json ({e})") from None
+        return cls(tok, template)
 
     @property
     def vocab_size(self) -> int:
@@ -64,6 +74,20 @@ class Tokenizer:
         encs = self._pick(allow_special).encode_batch(list(texts), add_special_tokens=False)
         return [list(e.ids) for e in encs]
 
+    def render_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+        """The conversation as text through the tokenizer's chat template (`kamado.tokenizer.chat`)."""
+        return render_chat(self.chat_template, messages, add_generation_prompt)
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a rendered conversation; the markup's special strings are special tokens, and the
+        messages' own text is encoded as plain text, so a user cannot forge a turn by typing "<|im_end|>"."""
+        ids: list[int] = []
+        text = self.render_chat(messages, add_generation_prompt)
+        contents = [m["content"] for m in messages]
+        for i, piece in enumerate(_split_markup(text, contents)):
+            ids += self.encode(piece, allow_special=i % 2 == 0)
+        return ids
+
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return str(self._plain.decode(list(ids), skip_special_tokens=skip_special))
 
@@ -74,3 +98,16 @@ class Tokenizer:
         if n_tokens == 0:
             raise DataError("chars_per_token: no text given")
         return sum(len(t) for t in batch) / n_tokens
+
+
+def _split_markup(text: str, contents: Sequence[str]) -> list[str]:
+    """Cut rendered chat text into [markup, content, markup, content, ..., markup], finding each message's
+    content in order (the template writes them in order and verbatim)."""
+    pieces, at = [], 0
+    for c in contents:
+        j = text.find(c, at) if c else at
+        if j < 0:
+            raise DataError("chat template does not write the messages verbatim; cannot tell markup from text")
+        pieces += [text[at:j], c]
+        at = j + len(c)
+    return [*pieces, text[at:]]

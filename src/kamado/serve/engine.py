@@ -1,0 +1,304 @@
+"""Inference engine: continuous batching over KV-cache slots, chunked prefill, per-request sampling, streaming.
+
+Each running request owns one slot of a preallocated cache (`SlotCache`: position j of a sequence at index j).
+One engine step prefills one chunk of one waiting prompt (at most `prefill_chunk` tokens, so a long prompt never
+stalls the others for long), then decodes one token for every running request in a single batch whose rows sit
+at different positions (the model takes a start position per row). A request that finishes frees its slot at
+once and the next waiting request takes it, without waiting for the rest of the batch. New requests go to the
+lowest free slot, so a decode batch is the contiguous range of slots 0..highest busy one: the cache is then read
+as a view, never gathered.
+
+Every request has its own sampling parameters and its own random generator (a seeded request gives the same
+tokens whatever else is in the batch), stop token ids and stop strings. Text is streamed as `Delta`s; a piece
+is held back while it could still be the start of a stop string, or is an incomplete UTF-8 character.
+
+Use it synchronously (`Engine.generate(prompts, params)`, e.g. for evaluation or on-policy sampling) or start the
+background loop (`Engine.start()`) and `submit` from any thread or from asyncio (`Request.astream`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from kamado.config import SAMPLING_RANGES
+from kamado.config_checks import Range, check_fields
+from kamado.model.generate import SamplingParams, sample_next
+from kamado.model.transformer import Transformer
+from kamado.serve.slots import SlotCache
+from kamado.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """One request's sampling: max_tokens None = up to the end of the context; temperature 0 = greedy."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # stop strings: the text ends before the first one
+    stop_token_ids: tuple[int, ...] = ()  # besides the tokenizer's end of text
+
+    def __post_init__(self) -> None:
+        ranges = {k: v for k, v in SAMPLING_RANGES.items() if k != "max_new_tokens"}
+        check_fields(self, "", max_tokens=Range(1, optional=True), **ranges)
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(1, self.temperature, self.top_k, self.top_p, self.stop_token_ids, self.seed)
+
+
+@dataclass
+class Delta:
+    """A piece of streamed output: new text (may be empty), the new token ids, and why it ended, once it has."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Request:
+    """A submitted request; read its output with `stream()` / `astream()` or wait with `result()`."""
+
+    prompt_ids: list[int]
+    params: GenParams
+    id: int = field(default_factory=lambda: next(_ids))
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _aq: asyncio.Queue[Delta] | None = None
+    _q: queue.Queue[Delta] = field(default_factory=queue.Queue)
+    _done: threading.Event = field(default_factory=threading.Event)
+    _cancel: bool = False
+    # engine-side state
+    _cursor: int = 0  # prompt tokens prefilled so far
+    _slot: int = -1
+    _gen: torch.Generator | None = None
+    _stop_ids: frozenset[int] = frozenset()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating (e.g. the client went away); the slot is freed at the next step."""
+        self._cancel = True
+
+    def stream(self) -> Iterator[Delta]:
+        while True:
+            d = self._q.get()
+            yield d
+            if d.finish_reason is not None:
+                return
+
+    async def astream(self) -> AsyncIterator[Delta]:
+        assert self._aq is not None, "submit(..., loop=asyncio.get_running_loop()) to stream into asyncio"
+        while True:
+            d = await self._aq.get()
+            yield d
+            if d.finish_reason is not None:
+                return
+
+    def result(self, timeout: float | None = None) -> Request:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.id} not finished after {timeout} s")
+        return self
+
+    def _emit(self, d: Delta) -> None:
+        self.text += d.text
+        self.token_ids += d.token_ids
+        if d.finish_reason is not None:
+            self.finish_reason = d.finish_reason
+        self._q.put(d)
+        if self._loop is not None and self._aq is not None:
+            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is listening any more
+                self._loop.call_soon_threadsafe(self._aq.put_nowait, d)
+        if d.finish_reason is not None:
+            self._done.set()
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        *,
+        max_batch: int = 8,
+        prefill_chunk: int = 256,
+        max_len: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.device = model.lm_head.weight.device
+        self.cache = SlotCache(model, max_batch, self.max_len)
+        self.slots: list[Request | None] = [None] * max_batch
+        self.waiting: deque[Request] = deque()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+
+    # ------------------------------------------------------------------------------------------------ requests
+    def check(self, prompt_ids: Sequence[int], params: GenParams) -> None:
+        """ValueError naming the problem when a request cannot run (checked before it is queued)."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(prompt_ids) >= self.max_len:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_len}")
+        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.max_len:
+            raise ValueError(
+                f"max_tokens={params.max_tokens} + {len(prompt_ids)} prompt tokens is past the context "
+                f"of {self.max_len} tokens (at most {self.max_len - len(prompt_ids)} here)"
+            )
+        if any(not 0 <= i < self.model.cfg.vocab_size for i in prompt_ids):
+            raise ValueError(f"a prompt token id is outside the vocabulary of {self.model.cfg.vocab_size}")
+
+    def submit(
+        self, prompt_ids: Sequence[int], params: GenParams, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Request:
+        self.check(prompt_ids, params)
+        r = Request(list(prompt_ids), params, _loop=loop, _aq=asyncio.Queue() if loop is not None else None)
+        if params.seed is not None:
+            r._gen = torch.Generator(self.device).manual_seed(params.seed)
+        r._stop_ids = frozenset(params.stop_token_ids) | {self.tok.eos_id}
+        with self._lock:
+            self.waiting.append(r)
+            self._lock.notify()
+        return r
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: GenParams | Sequence[GenParams]) -> list[Request]:
+        """Run many requests to the end (in this thread unless the background loop runs) and return them."""
+        ps = [params] * len(prompts) if isinstance(params, GenParams) else list(params)
+        reqs = [self.submit(p, q) for p, q in zip(prompts, ps, strict=True)]
+        if self._thread is None:
+            while not all(r.done for r in reqs):
+                self.step()
+        return [r.result() for r in reqs]
+
+    # --------------------------------------------------------------------------------------------- background
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="kamado-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self.waiting and not any(self.slots):
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # never die: fail what was running, keep serving the rest
+                log.exception("engine step failed")
+                for s, r in enumerate(self.slots):
+                    if r is not None:
+                        log.error("request %d failed: %s", r.id, e)
+                        self._finish(s, r, "error")
+
+    # ------------------------------------------------------------------------------------------------ a step
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit waiting requests to free slots, prefill one chunk of one prompt, decode one token for all."""
+        self.steps += 1
+        with self._lock:
+            for s in range(len(self.slots)):
+                if self.slots[s] is None and self.waiting:
+                    new = self.waiting.popleft()
+                    new._slot, self.slots[s] = s, new
+        for s, busy in enumerate(self.slots):
+            if busy is not None and busy._cancel:
+                self._finish(s, busy, "cancelled")
+        prefilling = [r for r in self.slots if r is not None and r._cursor < len(r.prompt_ids)]
+        if prefilling:
+            self._prefill(min(prefilling, key=lambda r: r.id))
+        decoding = [s for s, r in enumerate(self.slots) if r is not None and r.token_ids]
+        if decoding:
+            self._decode(decoding)
+
+    def _prefill(self, r: Request) -> None:
+        chunk = r.prompt_ids[r._cursor : r._cursor + self.prefill_chunk]
+        x = torch.tensor([chunk], device=self.device)
+        logits = self.cache.forward(self.model, x, r._slot, r._slot + 1, torch.tensor([r._cursor]))
+        r._cursor += len(chunk)
+        if r._cursor == len(r.prompt_ids):  # the prompt is in: its last logits give the first new token
+            self._accept(r._slot, r, int(sample_next(logits[:, -1].float(), r.params.sampling(), r._gen)[0]))
+
+    def _decode(self, slots: list[int]) -> None:
+        hi = max(slots) + 1
+        x = torch.zeros(hi, 1, dtype=torch.long)
+        # rows in the range that are not decoding write one throwaway entry at their own current length, which
+        # their next real token overwrites before anything reads it
+        pos = torch.tensor([0 if r is None else r._cursor for r in self.slots[:hi]], dtype=torch.long)
+        for s in slots:
+            r = self.slots[s]
+            assert r is not None
+            x[s, 0] = r.token_ids[-1]
+            pos[s] = len(r.prompt_ids) + len(r.token_ids) - 1
+        logits = self.cache.forward(self.model, x.to(self.device), 0, hi, pos)[:, -1].float()
+        greedy = [s for s in slots if self.slots[s].params.temperature == 0]  # type: ignore[union-attr]
+        picked = logits[greedy].argmax(-1).tolist() if greedy else []
+        chosen = dict(zip(greedy, picked, strict=True))
+        for s in slots:
+            r = self.slots[s]
+            assert r is not None
+            nxt = chosen[s] if s in chosen else int(sample_next(logits[s : s + 1], r.params.sampling(), r._gen)[0])
+            self._accept(s, r, nxt)
+
+    def _accept(self, s: int, r: Request, token: int) -> None:
+        """Take one sampled token: stop on a stop id, a stop string or the length limit, else stream its text."""
+        if token in r._stop_ids:  # the text so far is final, held-back tail included; the stop token is not text
+            return self._finish(s, r, "stop", token, self.tok.decode(r.token_ids))
+        ids = [*r.token_ids, token]
+        text = self.tok.decode(ids)
+        cut = min(
+            (i for i in (text.find(x, max(0, len(r.text) - len(x))) for x in r.params.stop) if i >= 0), default=-1
+        )
+        if cut >= 0:
+            return self._finish(s, r, "stop", token, text[:cut])
+        limit = r.params.max_tokens or self.max_len
+        if len(ids) >= limit or len(r.prompt_ids) + len(ids) >= self.max_len:
+            return self._finish(s, r, "length", token, text)
+        safe = len(text.rstrip("\ufffd"))  # an incomplete UTF-8 character decodes as U+FFFD until it completes
+        for stop in r.params.stop:  # hold back a tail that could still become a stop string
+            for k in range(min(len(stop) - 1, safe), 0, -1):
+                if text[:safe].endswith(stop[:k]):
+                    safe -= k
+                    break
+        r._emit(Delta(text[len(r.text) : max(safe, len(r.text))], [token]))
+
+    def _finish(self, s: int, r: Request, reason: str, token: int | None = None, text: str | None = None) -> None:
+        final = r.text if text is None else text
+        r._emit(Delta(final[len(r.text) :], [] if token is None else [token], reason))
+        with self._lock:
+            self.slots[s] = None
