@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test bench mutation clean
+.PHONY: install run test bench mutation hand-mutations clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ mutation: install
 	nice -n 19 $(BIN)/mutmut run --max-children 1 $(foreach m,$(MUTANTS),'$(m)')
 	@echo "surviving mutants (mutmut show NAME for the diff):"
 	@$(BIN)/mutmut results
+
+# Issue 16's one-line mutations applied by hand to a clone without ../shared; prints the tests that catch each.
+hand-mutations: install
+	$(BIN)/python tests/hand_mutations.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache mutants

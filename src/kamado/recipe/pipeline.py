@@ -1,7 +1,7 @@
 """`kamado run RECIPE`: every stage of the recipe, in order, into one run folder.
 
     WARC sample -> web corpus -> (+ sample texts) tokenizer -> shards -> pre-training -> held-out bits/char vs xz
-    -> generation -> report
+    -> generation (serving engine) -> report
 
 Each stage writes its output under the run folder and is skipped when that output is already complete, so
 re-running the same command after a kill continues where it stopped (training resumes from its last checkpoint).
@@ -28,8 +28,8 @@ from kamado.data.tokenize import tokenize_files
 from kamado.errors import ConfigError, DataError
 from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
 from kamado.faults import failpoint
-from kamado.model.generate import SamplingParams, generate
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
+from kamado.serve.engine import Engine, GenParams
 from kamado.tokenizer import Tokenizer
 from kamado.tokenizer.train import train_tokenizer
 from kamado.train.pretrain import pretrain
@@ -189,14 +189,27 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     for name, r in summary["bits_per_char"].items():
         console.print(f"{name}: model {r['model']:.3f} bits/char, xz {r['xz']:.3f} bits/char")
 
-    # 5. generation -----------------------------------------------------------------------------------------
+    # 5. generation through the serving engine (all prompts in one continuous batch) --------------------------
     def samples() -> list[tuple[str, str]]:
         g = cfg.generate
-        params = SamplingParams(g.max_new_tokens, g.temperature, g.top_k, g.top_p, (tok.eos_id,), g.seed)
+        engine = Engine(model, tok, max_batch=max(1, len(g.prompts)))
+        params = [
+            GenParams(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.seed + i) for i in range(len(g.prompts))
+        ]
+        t0 = time.perf_counter()
+        done = engine.generate([tok.encode(p) for p in g.prompts], params)
+        seconds = time.perf_counter() - t0
+        n = sum(len(r.token_ids) for r in done)
+        summary["serve_rows"] = [
+            (
+                "engine",
+                f"{len(done)} prompts in one continuous batch, {n} new tokens in {seconds:.2f} s "
+                f"({n / seconds:,.0f} tokens/s, {engine.steps} steps)",
+            ),
+        ]
         pairs = []
-        for prompt in g.prompts:
-            ids = generate(model, tok.encode(prompt), params)
-            pairs.append((prompt, tok.decode([i for i in ids if i != tok.eos_id]).replace("\n", " ")))
+        for prompt, r in zip(g.prompts, done, strict=True):
+            pairs.append((prompt, r.text.replace("\n", " ")))
             console.print(f"[bold]{prompt}[/bold] → {pairs[-1][1]}")
         return pairs
 

@@ -107,6 +107,8 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         parts += ["", "xz rate = 8·(len(xz(train+heldout)) − len(xz(train)))/chars(heldout); see kamado.eval.", ""]
     events = s.get("stability_events", [])
     parts += ["## Stability", "", f"{len(events)} event(s) (skipped updates / rollbacks); see events.jsonl.", ""]
+    if s.get("serve_rows"):
+        parts += ["## Serving", "", markdown_table(s["serve_rows"]), ""]
     if s.get("samples"):
         parts += ["## Samples", ""]
         for prompt, text in s["samples"]:
