@@ -9,6 +9,10 @@
     kamado corpus run WARC_DIR --out DIR             # WARC → Japanese Markdown → filters → dedup → shards
     kamado corpus run WARC_DIR --out DIR --config recipes/corpus/common_crawl.toml --dedup.threshold=0.7
     kamado corpus eval-filters LABELLED.jsonl        # precision/recall/F1 of the quality filters on labelled text
+    kamado chat RUN_OR_CHECKPOINT                    # talk to a model in the terminal (streaming, multi-turn)
+    kamado serve RUN_OR_CHECKPOINT --port 8000       # OpenAI-compatible server + a web chat page at /
+    kamado export hf RUN_OR_CHECKPOINT --out DIR     # a Qwen3 folder transformers loads; `export gguf` for llama.cpp
+    kamado import hf DIR --out RUN_DIR               # back into a kamado run
 
 Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2.
 """
@@ -21,6 +25,8 @@ from pathlib import Path
 
 from kamado.config_checks import AT_LEAST_ONE, Range, check_value
 from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
+from kamado.serve.commands import add_serving_parsers
+from kamado.serve.commands_export import add_export_parsers
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -218,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="exact parameter count and FLOPs/token of a preset")
     pa.add_argument("config")
     pa.set_defaults(fn=cmd_params)
+
+    add_serving_parsers(sub)  # chat, serve (kamado.serve.commands)
+    add_export_parsers(sub)  # export hf|gguf, import hf (kamado.serve.commands_export)
     return p
 
 
