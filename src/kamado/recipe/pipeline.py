@@ -1,7 +1,7 @@
 """`kamado run RECIPE`: every stage of the recipe, in order, into one run folder.
 
     WARC sample -> web corpus -> (+ sample texts) tokenizer -> shards -> pre-training -> held-out bits/char vs xz
-    -> generation (serving engine) -> report
+    -> generation (serving engine) -> export (transformers, GGUF) -> report
 
 Each stage writes its output under the run folder and is skipped when that output is already complete, so
 re-running the same command after a kill continues where it stopped (training resumes from its last checkpoint).
@@ -30,6 +30,9 @@ from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_p
 from kamado.faults import failpoint
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
 from kamado.serve.engine import Engine, GenParams
+from kamado.serve.export_gguf import export_gguf
+from kamado.serve.export_hf import export_hf
+from kamado.serve.hf_check import compare_with_transformers
 from kamado.tokenizer import Tokenizer
 from kamado.tokenizer.train import train_tokenizer
 from kamado.train.pretrain import pretrain
@@ -214,6 +217,29 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         return pairs
 
     summary["samples"] = stages.run("generate", samples)
+
+    # 6. export: a Hugging Face folder checked against kamado's own logits and greedy tokens, and a GGUF file -----
+    def export() -> list[tuple[str, str]]:
+        hf_dir, gguf_file = out / "export" / "hf", out / "export" / "model.gguf"
+        if not (hf_dir / "model.safetensors").is_file():  # folders and files appear whole (written, then renamed)
+            export_hf(model, tok_dir, hf_dir)
+        if not gguf_file.is_file():
+            export_gguf(model, tok_dir, gguf_file, "f16")
+        doc = next(iter_jsonl_texts([next(iter(heldout.values()))]))
+        ids = tok.encode(doc)[: cfg.model.max_seq_len]
+        check = compare_with_transformers(model, hf_dir, ids, new_tokens=cfg.generate.max_new_tokens)
+        console.print(f"export: transformers logits within {check['max_abs_logit_diff']:.2g} of kamado's")
+        return [
+            ("Hugging Face folder", f"{hf_dir} ({sum(f.stat().st_size for f in hf_dir.iterdir()) / 1e6:.1f} MB)"),
+            (
+                "transformers vs kamado",
+                f"max |Δ logit| {check['max_abs_logit_diff']:.2g} over {len(ids)} held-out tokens (float32); "
+                f"greedy {check['new_tokens']} tokens {'identical' if check['greedy_equal'] else 'DIFFERENT'}",
+            ),
+            ("GGUF (f16, llama.cpp qwen3)", f"{gguf_file} ({gguf_file.stat().st_size / 1e6:.1f} MB)"),
+        ]
+
+    summary["serve_rows"] = summary.get("serve_rows", []) + stages.run("export", export)
     summary["stability_events"] = read_jsonl(out / "events.jsonl")
     summary["stage_seconds"]["total"] = time.perf_counter() - t_start
     summary["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
