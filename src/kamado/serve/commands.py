@@ -73,7 +73,15 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
     if api_key is not None and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
         raise ConfigError("--api-key / KAMADO_API_KEY: use printable ASCII without spaces (an HTTP header carries it)")
     sock = bind_socket(args.host, args.port)
+    try:
+        _serve(args, sock, api_key)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for
+        print("kamado serve: stopped", file=sys.stderr)
+    finally:
+        sock.close()
 
+
+def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -> None:
     import uvicorn
 
     from kamado.serve.engine import Engine
@@ -86,13 +94,7 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"kamado serve: {name} at {url} (chat page at /, OpenAI API at {url}v1); Ctrl-C stops", flush=True)
     if not api_key and sock.getsockname()[0] not in ("127.0.0.1", "::1"):
         print("kamado serve: warning: listening beyond this machine without an API key (--api-key)", file=sys.stderr)
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for
-        print("kamado serve: stopped", file=sys.stderr)
-    finally:
-        sock.close()
+    uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)).run(sockets=[sock])
 
 
 # ------------------------------------------------------------------------------------------------------- chat

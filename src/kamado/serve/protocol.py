@@ -108,7 +108,9 @@ class CompletionRequest(SamplingFields):
 
 
 # ------------------------------------------------------------------------------------------------------ errors
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -153,48 +155,33 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_response(rid: str, model: str, texts: Sequence[str], reasons: Sequence[str], use: dict[str, int]):
+def response(chat: bool, rid: str, model: str, texts: Sequence[str], reasons: Sequence[str], use: dict[str, int]):
+    """A whole `chat.completion` or `text_completion`: one choice per text."""
     choices = [
-        {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
+        {"index": i, "finish_reason": r, "logprobs": None}
+        | ({"message": {"role": "assistant", "content": t}} if chat else {"text": t})
         for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
     ]
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": use,
-        "system_fingerprint": None,
-    }
+    kind = "chat.completion" if chat else "text_completion"
+    out = {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
+    return out | {"usage": use, "system_fingerprint": None}
 
 
-def completion_response(rid: str, model: str, texts: Sequence[str], reasons: Sequence[str], use: dict[str, int]):
-    choices = [
-        {"index": i, "text": t, "finish_reason": r, "logprobs": None}
-        for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
-    ]
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": use,
-        "system_fingerprint": None,
-    }
+def chunk(chat: bool, rid: str, model: str, created: int, choices: list[Any], use: Any = ...) -> dict[str, Any]:
+    """One streamed event's JSON; `use` given (None, or the counts at the end) when the client asked for usage."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    out = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+    return out if use is ... else out | {"usage": use}
 
 
-def chat_chunk(rid: str, model: str, created: int, choices: list[dict[str, Any]], use: Any = ...) -> dict[str, Any]:
-    """A `chat.completion.chunk`; `use` given (None or counts) when the client asked for usage in the stream."""
-    out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
-    if use is not ...:
-        out["usage"] = use
-    return out
+def stream_choice(chat: bool, i: int, text: str | None, reason: str | None = None) -> dict[str, Any]:
+    """Choice i of a chunk: new text, or (text None) the end of a chat choice, whose delta is empty."""
+    if chat:
+        delta = {} if text is None else {"content": text}
+        return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}
+    return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
 
 
-def completion_chunk(rid: str, model: str, created: int, choices: list[dict[str, Any]], use: Any = ...):
-    out = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices}
-    if use is not ...:
-        out["usage"] = use
-    return out
+def role_choice(i: int) -> dict[str, Any]:
+    """The chunk that opens choice i of a streamed chat answer, as OpenAI sends it."""
+    return {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}

@@ -249,40 +249,33 @@ def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, api_key: s
         if any(r.finish_reason == "error" for r in reqs):
             raise APIError(500, "the engine failed while generating this answer (see the server log)")
         use = P.usage(n_prompt, sum(len(r.token_ids) for r in reqs))
-        build = P.chat_response if chat else P.completion_response
-        return build(rid, model_name, [r.text for r in reqs], [str(r.finish_reason) for r in reqs], use)
+        return P.response(chat, rid, model_name, [r.text for r in reqs], [str(r.finish_reason) for r in reqs], use)
 
     async def stream_events(
         rid: str, reqs: list[Request], n_prompt: int, chat: bool, include_usage: bool
     ) -> AsyncIterator[str]:
         created = int(time.time())
         extra = {"use": None} if include_usage else {}
-        chunk = P.chat_chunk if chat else P.completion_chunk
 
-        def choice(i: int, text: str | None, reason: str | None) -> dict[str, Any]:
-            if chat:
-                delta = {} if text is None else {"content": text}
-                return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}
-            return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
+        def event(*choices: dict[str, Any]) -> str:
+            return sse(P.chunk(chat, rid, model_name, created, list(choices), **extra))
 
         try:
             if chat:  # OpenAI opens each choice with the role
                 for i in range(len(reqs)):
-                    opening = {"role": "assistant", "content": ""}
-                    first = {"index": i, "delta": opening, "finish_reason": None, "logprobs": None}
-                    yield sse(chunk(rid, model_name, created, [first], **extra))
+                    yield event(P.role_choice(i))
             async for i, d in merged(reqs):
                 if d.finish_reason == "error":
                     yield sse(P.error_body("the engine failed while generating this answer", "server_error"))
                     break
                 if d.text:
-                    yield sse(chunk(rid, model_name, created, [choice(i, d.text, None)], **extra))
+                    yield event(P.stream_choice(chat, i, d.text))
                 if d.finish_reason is not None:
-                    yield sse(chunk(rid, model_name, created, [choice(i, None, d.finish_reason)], **extra))
+                    yield event(P.stream_choice(chat, i, None, d.finish_reason))
             else:
                 if include_usage:
                     use = P.usage(n_prompt, sum(len(r.token_ids) for r in reqs))
-                    yield sse(chunk(rid, model_name, created, [], use=use))
+                    yield sse(P.chunk(chat, rid, model_name, created, [], use=use))
         except Exception as e:  # headers are sent: the error can only be an event
             yield sse(P.error_body(f"internal error: {type(e).__name__}", "server_error"))
         yield "data: [DONE]\n\n"
@@ -298,6 +291,7 @@ async def wait_all(reqs: Sequence[Request], http: HTTPRequest, poll_s: float = 0
             pass
 
     everything = asyncio.ensure_future(asyncio.gather(*(drain(r) for r in reqs)))
+    everything.add_done_callback(lambda f: f.cancelled() or f.exception())  # an outcome nobody waits for is no error
     try:
         while True:
             done, _ = await asyncio.wait({everything}, timeout=poll_s)
