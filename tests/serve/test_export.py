@@ -1,11 +1,11 @@
-"""Export to Hugging Face (Qwen3ForCausalLM) and GGUF, import back: logits, greedy tokens, tokenizer and chat template
-against kamado's own; bit-exact round trip; the GGUF file read back field by field; refusals as one clear error.
+"""Export to Hugging Face (Qwen3ForCausalLM), import back: logits, greedy tokens, tokenizer and chat template against
+kamado's own; bit-exact round trip; refusals and bad input as one clear error (GGUF: test_export_gguf.py).
 
-The model is random but shaped to expose mapping mistakes: non-unit norm weights (a misplaced or missing norm
-changes the function), GQA with n_kv_heads != n_heads (a q/k split mix-up changes shapes), a RoPE theta and an eps
-that are not transformers' defaults (a key transformers does not read falls back to its default), and three
-embedding rows more than the tokenizer has ids. Measured: max |logit diff| 1.9e-06 on logits up to 3.6 (float32,
-CPU, transformers 5.24, sdpa).
+The model is random but shaped to expose mapping mistakes (`export_run.make_run`): non-unit norm weights (a
+misplaced or missing norm changes the function), GQA with n_kv_heads != n_heads (a q/k split mix-up changes shapes),
+a RoPE theta and an eps that are not transformers' defaults (a key transformers does not read falls back to its
+default), and three embedding rows more than the tokenizer has ids. Measured: max |logit diff| 1.9e-06 on logits up
+to 3.6 (float32, CPU, transformers 5.24, sdpa).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import json
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 import torch
 
-from kamado.config import ModelConfig, RunConfig, TokenizerConfig, to_dict
-from kamado.data.jsonl import iter_jsonl_texts
+from kamado.config import ModelConfig, to_dict
 from kamado.errors import CheckpointError, ConfigError, DataError, KamadoError
 from kamado.model.generate import SamplingParams, generate
 from kamado.model.transformer import Transformer
@@ -29,32 +27,18 @@ from kamado.serve.export_gguf import export_gguf
 from kamado.serve.export_hf import export_hf
 from kamado.serve.import_hf import import_hf
 from kamado.tokenizer import Tokenizer
-from kamado.tokenizer.train import SPECIAL_TOKENS, train_tokenizer
-from kamado.train.checkpoint import load_model, save_checkpoint, verify_checkpoint
+from kamado.train.checkpoint import load_model, verify_checkpoint
+
+from .export_run import EPS, THETA, make_run
 
 transformers = pytest.importorskip("transformers")
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 JA = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
 CHAT = [{"role": "system", "content": "丁寧に答えて。"}, {"role": "user", "content": "猫の名前は？"}]
-THETA, EPS = 1000.0, 1e-3
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder like training leaves: RUN/tokenizer + RUN/checkpoints/step_00000007 of a random model."""
-    run = tmp_path_factory.mktemp("export") / "tiny-ja"
-    texts = iter_jsonl_texts([SAMPLES / "ja_aozora.jsonl.gz", SAMPLES / "en_web.jsonl.gz"])
-    train_tokenizer(texts, run / "tokenizer", TokenizerConfig(vocab_size=1000, max_train_chars=1_000_000))
-    vocab = Tokenizer.load(run / "tokenizer").vocab_size + 3
-    cfg = ModelConfig(vocab, 64, 2, 4, 2, 96, 64, rope_theta=THETA, norm_eps=EPS, init_std=0.1)
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-    save_checkpoint(run / "checkpoints", 7, model, None, {"config": to_dict(RunConfig(model=cfg))})
-    return run
+    return make_run(tmp_path_factory.mktemp("export") / "tiny-ja")
 
 
 @pytest.fixture(scope="module")
@@ -144,83 +128,6 @@ def test_imported_run_generates(hf_dir: Path, tmp_path: Path, capsys: pytest.Cap
     import_hf(hf_dir, tmp_path / "run")
     assert main(["generate", str(tmp_path / "run"), "--prompt", "吾輩は", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith("吾輩は")
-
-
-# ------------------------------------------------------------------------------------------------- GGUF
-def gguf_expected(model: Transformer) -> dict[str, torch.Tensor]:
-    """llama.cpp's Qwen3 tensor names → kamado's tensors, written out by hand (not through gguf's name map)."""
-    c = model.cfg
-    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    out = {"token_embd.weight": model.embed.weight, "output_norm.weight": model.norm.weight}
-    out["output.weight"] = model.lm_head.weight
-    for i, b in enumerate(model.layers):
-        qkv, gate_up = b.attn.qkv_proj.weight, b.mlp.gate_up_proj.weight
-        assert b.attn.q_norm is not None and b.attn.k_norm is not None
-        out |= {
-            f"blk.{i}.attn_norm.weight": b.attn_norm.weight,
-            f"blk.{i}.attn_q.weight": qkv[:q],
-            f"blk.{i}.attn_k.weight": qkv[q : q + kv],
-            f"blk.{i}.attn_v.weight": qkv[q + kv :],
-            f"blk.{i}.attn_q_norm.weight": b.attn.q_norm.weight,
-            f"blk.{i}.attn_k_norm.weight": b.attn.k_norm.weight,
-            f"blk.{i}.attn_output.weight": b.attn.o_proj.weight,
-            f"blk.{i}.ffn_norm.weight": b.mlp_norm.weight,
-            f"blk.{i}.ffn_gate.weight": gate_up[: c.ffn_hidden],
-            f"blk.{i}.ffn_up.weight": gate_up[c.ffn_hidden :],
-            f"blk.{i}.ffn_down.weight": b.mlp.down_proj.weight,
-        }
-    return {k: v.detach() for k, v in out.items()}
-
-
-def field(reader: gguf.GGUFReader, key: str):
-    return reader.fields[key].contents()
-
-
-@pytest.mark.parametrize("dtype", ["f16", "bf16", "f32"])
-def test_gguf_tensors(model: Transformer, run: Path, tmp_path: Path, dtype: str) -> None:
-    export_gguf(model, run / "tokenizer", tmp_path / "m.gguf", dtype)
-    reader = gguf.GGUFReader(tmp_path / "m.gguf")
-    want = gguf_expected(model)
-    assert sorted(t.name for t in reader.tensors) == sorted(want)
-    matrix = {"f16": "F16", "bf16": "BF16", "f32": "F32"}[dtype]
-    for t in reader.tensors:
-        w = want[t.name]
-        assert list(t.shape) == list(reversed(w.shape)), t.name  # GGUF lists dimensions innermost first
-        assert t.tensor_type.name == ("F32" if w.dim() == 1 else matrix), t.name
-        if t.tensor_type.name == "BF16":  # raw bytes: compare the bit patterns torch's rounding gives
-            got = torch.from_numpy(np.array(t.data).view(np.int16).reshape(w.shape))
-            assert torch.equal(got, w.to(torch.bfloat16).view(torch.int16)), t.name
-        else:
-            cast = torch.float16 if t.tensor_type.name == "F16" else torch.float32
-            assert torch.equal(torch.from_numpy(np.array(t.data)).reshape(w.shape), w.to(cast)), t.name
-    assert field(reader, "general.file_type") == {"f32": 0, "f16": 1, "bf16": 32}[dtype]
-
-
-def test_gguf_metadata_and_tokenizer(model: Transformer, run: Path, tok: Tokenizer, tmp_path: Path) -> None:
-    export_gguf(model, run / "tokenizer", tmp_path / "m.gguf")
-    r = gguf.GGUFReader(tmp_path / "m.gguf")
-    c = model.cfg
-    assert field(r, "general.architecture") == "qwen3"
-    expect = {"context_length": 64, "embedding_length": 64, "block_count": 2, "feed_forward_length": 96}
-    expect |= {"attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 16}
-    expect |= {"attention.value_length": 16, "rope.freq_base": THETA}
-    for key, value in expect.items():
-        assert field(r, f"qwen3.{key}") == value, key
-    assert field(r, "qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(EPS, rel=1e-6)
-    tj = json.loads((run / "tokenizer" / "tokenizer.json").read_text())
-    vocab = {i: t for t, i in tj["model"]["vocab"].items()}
-    assert field(r, "tokenizer.ggml.model") == "gpt2" and field(r, "tokenizer.ggml.pre") == "qwen2"
-    tokens, types = field(r, "tokenizer.ggml.tokens"), field(r, "tokenizer.ggml.token_type")
-    n = tok.vocab_size
-    assert len(tokens) == len(types) == c.vocab_size
-    assert tokens[:n] == [vocab[i] for i in range(n)] and tokens[n:] == [f"[PAD{i}]" for i in range(n, n + 3)]
-    assert types[: len(SPECIAL_TOKENS)] == [3] * len(SPECIAL_TOKENS)  # CONTROL
-    assert set(types[len(SPECIAL_TOKENS) : n]) == {1} and types[n:] == [5] * 3  # NORMAL, UNUSED
-    assert field(r, "tokenizer.ggml.merges") == [" ".join(m) for m in tj["model"]["merges"]]
-    assert field(r, "tokenizer.ggml.eos_token_id") == tok.eos_id == field(r, "tokenizer.ggml.bos_token_id")
-    assert field(r, "tokenizer.ggml.padding_token_id") == tok.pad_id
-    assert field(r, "tokenizer.ggml.add_bos_token") is False
-    assert field(r, "tokenizer.chat_template") == tok.chat_template
 
 
 # ------------------------------------------------------------------------------------------------- refusals
@@ -321,3 +228,14 @@ def test_failed_write_leaves_nothing(model: Transformer, run: Path, tmp_path: Pa
         export_gguf(model, run / "tokenizer", tmp_path / "m.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
     assert (tmp_path / "m.gguf").read_bytes() == b"previous export"
+
+
+def test_cli_main_reports_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kamado.cli import main
+
+    try:
+        code = main(["export", "hf", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    except SystemExit:
+        pytest.skip("cli.py does not register the export commands yet (add_export_parsers)")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no such run or checkpoint folder" in err
