@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kamado.config import DataConfig, PhaseConfig, SourceConfig
+from kamado.data import loader as loader_module
 from kamado.data.loader import PackedLoader, ValLoader, WindowPermutation, val_batches
 from kamado.data.shards import ShardWriter
 from kamado.errors import CheckpointError, ConfigError, DataError
@@ -190,6 +191,7 @@ def test_val_loader_is_sequential_and_repeatable(data: tuple[DataConfig, dict]) 
     wc, wa = ((len(flats[n]) - 1) // SEQ for n in "ca")
     assert (wc, wa) == (45, 58)
     val = ValLoader(cfg, batch_size=10)
+    assert val.source_names == ["c", "a"]  # in config order, as by_source yields them
     assert len(val) == 5 + 6
     seen = [(name, x.shape[0]) for name, x, _ in val.by_source()]
     assert seen == [("c", 10)] * 4 + [("c", 5)] + [("a", 10)] * 5 + [("a", 8)]
@@ -393,10 +395,68 @@ def test_resume_errors_name_what_is_wrong(data: tuple[DataConfig, dict], tmp_pat
         PackedLoader(cfg, 2).load_state_dict(state)
 
 
-@pytest.mark.parametrize("bad", [{"cursor": 45}, {"cursor": -1}, {"epoch": -1}])  # c has 45 windows
-def test_an_out_of_range_cursor_in_a_checkpoint_is_a_checkpoint_error(data: tuple[DataConfig, dict], bad) -> None:
+@pytest.mark.parametrize(
+    ("bad", "numbers"),  # c has 45 windows
+    [
+        ({"cursor": 45}, "epoch 0, cursor 45"),
+        ({"cursor": -1}, "epoch 0, cursor -1"),
+        ({"epoch": -1}, "epoch -1, cursor 0"),
+    ],
+)
+def test_an_out_of_range_cursor_in_a_checkpoint_is_a_checkpoint_error(
+    data: tuple[DataConfig, dict], bad: dict, numbers: str
+) -> None:
     cfg, _ = data
     state = PackedLoader(cfg, 2).state_dict()
     state["sources"]["c"].update(bad)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(
+        CheckpointError, match=rf"^data loader state of source 'c' is out of range \({numbers} of 45 windows\)$"
+    ):
         PackedLoader(cfg, 2).load_state_dict(state)
+
+
+# --- issue 16: mutation-testing survivors (docs/mutation_triage.md) -------------------------------------------------
+
+
+def test_window_permutation_refuses_an_empty_domain() -> None:
+    """A bijection of [0, 0) has no image to give: refused when built, not by an IndexError at the first call."""
+    with pytest.raises(AssertionError):
+        WindowPermutation(0, 1, 2, 3)
+
+
+def test_a_draw_on_a_cumulative_weight_goes_to_the_next_source(
+    data: tuple[DataConfig, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Source i owns the half-open interval [c_i-1, c_i) of the uniform draw u = (hash >> 11) / 2^53, so its share
+    is exactly its weight: a draw of exactly 0 must not pick a zero-weight first source, and u = 1/2 belongs to the
+    upper of two equal halves. The hash is forced to hit those points (0 -> u = 0, 2^63 -> u = 2^52 / 2^53)."""
+    cfg, _ = data
+    cfg.phases = [PhaseConfig(0, {"a": 0.0, "b": 1.0})]
+    loader = PackedLoader(cfg, 4)
+    monkeypatch.setattr(loader_module, "_mix64", lambda z: np.zeros_like(z))
+    assert loader.choose_sources(np.arange(5)).tolist() == [1] * 5  # 'b', never the zero-weight 'a'
+    cfg.phases = [PhaseConfig(0, {"a": 1.0, "b": 1.0})]
+    loader = PackedLoader(cfg, 4)
+    monkeypatch.setattr(loader_module, "_mix64", lambda z: np.full_like(z, 1 << 63))
+    assert loader.choose_sources(np.arange(5)).tolist() == [1] * 5  # u = 0.5: 'b' owns [0.5, 1)
+
+
+def test_a_source_permutation_is_built_once_per_epoch(
+    data: tuple[DataConfig, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building one tabulates up to 2^20 windows (~0.1 s): per batch, that would slow training down at every step.
+    Source 'a' has 58 windows; 30 batches of 5 = 150 samples are epochs 0, 1 and 2 of it: three permutations."""
+    cfg, _ = data
+    cfg.sources = cfg.sources[:1]
+    built: list[tuple[int, ...]] = []
+
+    class Counting(WindowPermutation):
+        def __init__(self, n: int, *key: int) -> None:
+            built.append((n, key[-1]))
+            super().__init__(n, *key)
+
+    monkeypatch.setattr(loader_module, "WindowPermutation", Counting)
+    loader = PackedLoader(cfg, batch_size=5)
+    _all(loader, 30)
+    assert loader.state_dict()["sources"]["a"] == {"epoch": 2, "cursor": 150 - 2 * 58, "num_windows": 58}
+    assert built == [(58, 0), (58, 1), (58, 2)]
