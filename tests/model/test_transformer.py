@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kamado.config import ModelConfig
 from kamado.errors import ConfigError
 from kamado.model.loss import IGNORE_INDEX, lm_loss
-from kamado.model.transformer import Transformer, apply_rope, rope_tables
+from kamado.model.transformer import Transformer, apply_rope, decode_attention, rope_tables
 
 TINY = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=32)
 
@@ -129,6 +129,21 @@ def test_residual_output_projections_use_scaled_init():
     w_q = m.layers[0].attn.qkv_proj.weight
     assert abs(w_q.std().item() - 0.02) < 0.003
     assert abs(w_o.std().item() - 0.02 / math.sqrt(16)) < 0.001
+
+
+@pytest.mark.parametrize(("n_heads", "n_kv"), [(8, 4), (4, 1), (4, 4)])
+def test_decode_attention_equals_sdpa_with_gqa(n_heads, n_kv):
+    """One query per row against a cache with per-row masks: the grouped matmul path gives SDPA's output."""
+    g = torch.Generator().manual_seed(0)
+    B, S, D = 3, 11, 16
+    q = torch.randn(B, n_heads, 1, D, generator=g)
+    k, v = torch.randn(B, n_kv, S, D, generator=g), torch.randn(B, n_kv, S, D, generator=g)
+    mask = torch.arange(S)[None, None, :] <= torch.tensor([0, 5, 10])[:, None, None]  # [B, 1, S]
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
+    torch.testing.assert_close(decode_attention(q, k, v, mask), want, atol=1e-6, rtol=1e-5)
+    half = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), want, atol=3e-2, rtol=3e-2)
 
 
 def test_sequence_longer_than_max_seq_len_is_rejected():

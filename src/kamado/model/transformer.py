@@ -64,6 +64,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row, q [B, H, 1, D], over keys/values [B, H_kv, S, D]; mask [B, 1, S].
+
+    The G = H / H_kv query heads that share a key head (GQA, SDPA's `enable_gqa` order) become the rows of one
+    small matrix, so each key head is read once: [B, H_kv, G, D] @ [B, H_kv, D, S]. For this shape SDPA's CPU
+    kernel is 10-20x slower in bf16 (small preset, 8 and 32 rows; LOG.md). The softmax runs in float32; every row
+    must see at least one key (a serving row always sees its own)."""
+    B, H, _, D = q.shape
+    n_kv = k.shape[1]
+    scores = (q.reshape(B, n_kv, H // n_kv, D) * D**-0.5) @ k.transpose(-1, -2)
+    probs = scores.float().masked_fill(~mask[:, None], float("-inf")).softmax(-1).to(v.dtype)
+    return (probs @ v).reshape(B, H, 1, D)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -99,7 +113,10 @@ class Attention(nn.Module):
         if isinstance(pos, torch.Tensor):  # one start position per row (a serving batch): key j is the position j
             seen = pos[:, None] + torch.arange(T, device=pos.device)  # [B, T] each query's own position
             mask = torch.arange(k.shape[2], device=pos.device)[None, None, :] <= seen[:, :, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
+            if T == 1:
+                y = decode_attention(q, k, v, mask)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
         elif T > 1 and pos > 0:  # chunked prefill after earlier tokens: explicit mask over [past | chunk]
             S = k.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
@@ -172,10 +189,9 @@ class Transformer(nn.Module):
         `pos` may be a tensor [B] of per-row start positions (rows of a serving batch at different lengths); the
         cache then holds position j of every row at index j and keys past a row's own position are masked."""
         T = idx.shape[1]
-        last = int(pos.max()) if isinstance(pos, torch.Tensor) else pos
-        if last + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {last + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        if isinstance(pos, torch.Tensor):
+        if not isinstance(pos, torch.Tensor) and pos + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if isinstance(pos, torch.Tensor):  # checked by the caller: reading pos.max() here would wait for the device
             where = pos[:, None] + torch.arange(T, device=pos.device)  # [B, T]
             cos, sin = self.rope_cos[where][:, None], self.rope_sin[where][:, None]  # [B, 1, T, D]
         else:
