@@ -138,10 +138,10 @@ def test_decode_attention_equals_sdpa_with_gqa(n_heads, n_kv):
     B, S, D = 3, 11, 16
     q = torch.randn(B, n_heads, 1, D, generator=g)
     k, v = torch.randn(B, n_kv, S, D, generator=g), torch.randn(B, n_kv, S, D, generator=g)
-    mask = torch.arange(S)[None, None, :] <= torch.tensor([0, 5, 10])[:, None, None]  # [B, 1, S]
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
-    torch.testing.assert_close(decode_attention(q, k, v, mask), want, atol=1e-6, rtol=1e-5)
-    half = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    blocked = torch.arange(S)[None, None, :] > torch.tensor([0, 5, 10])[:, None, None]  # [B, 1, S]
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked[:, None], enable_gqa=True)
+    torch.testing.assert_close(decode_attention(q, k, v, blocked), want, atol=1e-6, rtol=1e-5)
+    half = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), blocked)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), want, atol=3e-2, rtol=3e-2)
 

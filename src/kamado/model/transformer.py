@@ -64,8 +64,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention of one new query per row, q [B, H, 1, D], over keys/values [B, H_kv, S, D]; mask [B, 1, S].
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row, q [B, H, 1, D], over keys/values [B, H_kv, S, D]; `blocked` [B, 1, S]
+    is True for the keys a row must not see.
 
     The G = H / H_kv query heads that share a key head (GQA, SDPA's `enable_gqa` order) become the rows of one
     small matrix, so each key head is read once: [B, H_kv, G, D] @ [B, H_kv, D, S]. For this shape SDPA's CPU
@@ -74,7 +75,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     B, H, _, D = q.shape
     n_kv = k.shape[1]
     scores = (q.reshape(B, n_kv, H // n_kv, D) * D**-0.5) @ k.transpose(-1, -2)
-    probs = scores.float().masked_fill(~mask[:, None], float("-inf")).softmax(-1).to(v.dtype)
+    probs = scores.float().masked_fill(blocked[:, None], float("-inf")).softmax(-1).to(v.dtype)
     return (probs @ v).reshape(B, H, 1, D)
 
 
@@ -96,6 +97,7 @@ class Attention(nn.Module):
         cache: LayerCache | None = None,
         pos: int | torch.Tensor = 0,
     ) -> torch.Tensor:
+        """`pos`: the position of the first token (int), or of every token [B, T] (rows at different lengths)."""
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
             [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
@@ -110,13 +112,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         q, k, v = q.to(v.dtype), k.to(v.dtype), v
-        if isinstance(pos, torch.Tensor):  # one start position per row (a serving batch): key j is the position j
-            seen = pos[:, None] + torch.arange(T, device=pos.device)  # [B, T] each query's own position
-            mask = torch.arange(k.shape[2], device=pos.device)[None, None, :] <= seen[:, :, None]
+        if isinstance(pos, torch.Tensor):  # each query's own position [B, T] (a serving batch): key j is position j
+            blocked = torch.arange(k.shape[2], device=pos.device) > pos[:, :, None]  # [B, T, S]
             if T == 1:
-                y = decode_attention(q, k, v, mask)
+                y = decode_attention(q, k, v, blocked)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked[:, None], enable_gqa=True)
         elif T > 1 and pos > 0:  # chunked prefill after earlier tokens: explicit mask over [past | chunk]
             S = k.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
@@ -192,8 +193,8 @@ class Transformer(nn.Module):
         if not isinstance(pos, torch.Tensor) and pos + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         if isinstance(pos, torch.Tensor):  # checked by the caller: reading pos.max() here would wait for the device
-            where = pos[:, None] + torch.arange(T, device=pos.device)  # [B, T]
-            cos, sin = self.rope_cos[where][:, None], self.rope_sin[where][:, None]  # [B, 1, T, D]
+            pos = pos[:, None] + torch.arange(T, device=pos.device)  # [B, T]: the blocks take each token's position
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # [B, 1, T, D]
         else:
             cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]
         x = self.embed(idx)
