@@ -9,6 +9,7 @@ import torch
 from kamado.model.generate import SamplingParams, generate
 from kamado.serve.engine import Engine, GenParams
 from kamado.serve.load import load_for_serving
+from kamado.serve.slots import SlotCache
 from kamado.tokenizer import Tokenizer
 
 from .conftest import random_model
@@ -174,3 +175,93 @@ def test_chat_rendering_keeps_user_text_plain(served_run):
     assert ids.count(im_end) == 2  # the two turns' ends; the user's typed "<|im_end|>" is plain text
     assert tok.decode(ids) == tok.render_chat(msgs)
     assert tok.render_chat(msgs).endswith("<|im_start|><|assistant|>\n")
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_decode_step_equals_the_models_forward(qk_norm):
+    """The engine's decode path (`decode_step`) computes the model's function: same logits as the model's own
+    per-row-position forward, bit for bit in float32, with rows at different positions."""
+    from kamado.config import ModelConfig
+    from kamado.model.transformer import Transformer
+    from kamado.serve.slots import SlotCache, decode_step, run_with_cache
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=64)
+    cfg.qk_norm = qk_norm
+    model = Transformer(cfg).eval()
+    x, pos = torch.tensor([5, 9, 11]), torch.tensor([3, 17, 0])
+    with torch.inference_mode():
+        cache = SlotCache(model, 3, 64, block=16)
+        cache.k.normal_(), cache.v.normal_()  # history (and stale entries past each row, which must be masked)
+        k, v = cache.views(0, 3, 18)
+        want = run_with_cache(model, x[:, None], pos, k.clone(), v.clone(), True)[:, 0]
+        got = decode_step(model, x, pos, k, v)
+    assert torch.equal(got, want)
+
+
+def test_slot_cache_grows_and_shrinks_keeping_what_the_slots_hold():
+    model = random_model(97, max_seq_len=64)
+    cache = SlotCache(model, 2, 64, block=16)
+    assert cache.width == 16
+    cache.k[:, :, :, :16] = torch.arange(16.0)[:, None]
+    k, _ = cache.views(0, 2, 40)  # a write at position 39 needs 48 positions
+    assert cache.width == 48 and k.shape[3] == 48 and k.is_contiguous()
+    assert torch.equal(cache.k[0, 1, 0, :16, 0], torch.arange(16.0)) and not cache.k[:, :, :, 16:].any()
+    cache.fit(30)  # still more than half of 48 in use: no copy
+    assert cache.width == 48
+    cache.fit(10)  # the long sequences have left
+    assert cache.width == 16 and torch.equal(cache.k[0, 1, 0, :, 0], torch.arange(16.0))
+    with pytest.raises(ValueError, match="past the cache"):
+        cache.fit(65)
+
+
+def test_streamed_text_is_the_decoded_tokens_when_characters_span_tokens(served):
+    """Text is decoded incrementally (only the tokens after the last whole character): the random model emits byte
+    tokens that split UTF-8 characters, and the text must still equal decoding all the tokens at once."""
+    model, tok = served
+    prompts = prompts_of([4, 9, 15, 2], model.cfg.vocab_size, seed=11)
+    done = Engine(model, tok, max_batch=4).generate(prompts, GenParams(max_tokens=60, temperature=1.0, seed=3))
+    for r in done:
+        cut = r.token_ids[:-1] if r.finish_reason == "stop" else r.token_ids
+        assert r.text == tok.decode(cut)
+    assert any("\ufffd" in tok.decode(r.token_ids[:i]) for r in done for i in range(1, len(r.token_ids)))
+
+
+def test_bf16_engine_serves_a_packed_copy_close_to_float32(served):
+    """dtype=bfloat16: the engine serves its own copy (the caller's float32 model is untouched), its Linear layers
+    packed for oneDNN on a CPU with the same outputs as F.linear in bf16, and its logits within bf16 rounding."""
+    from kamado.serve.slots import SlotCache, run_with_cache
+    from kamado.serve.weights import PackedLinear, can_pack
+
+    model, tok = served
+    eng = Engine(model, tok, max_batch=2, dtype=torch.bfloat16)
+    assert model.lm_head.weight.dtype == torch.float32 and eng.model is not model
+    assert eng.model.embed.weight.dtype == torch.bfloat16
+    if can_pack(torch.device("cpu"), torch.bfloat16):
+        assert isinstance(eng.model.lm_head, PackedLinear)
+        h = torch.randn(3, model.cfg.d_model, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            want = torch.nn.functional.linear(h, model.lm_head.weight.bfloat16())
+            assert torch.equal(eng.model.lm_head(h), want)
+    x = torch.tensor([prompts_of([20], model.cfg.vocab_size, seed=8)[0]])
+    with torch.inference_mode():
+        full = model(x)[0]
+        c = SlotCache(eng.model, 1, 64)
+        k, v = c.views(0, 1, 20)
+        half = run_with_cache(eng.model, x, torch.tensor([0]), k, v, False)[0].float()
+    assert (half - full).abs().max() <= 0.05 * full.abs().max()
+    got = eng.generate([x[0].tolist()], GenParams(max_tokens=8, temperature=0))[0]
+    assert got.finish_reason in ("length", "stop") and got.token_ids
+
+
+def test_forward_hooks_on_the_blocks_still_run(served):
+    """`decode_step` calls the blocks' parts, not the blocks: with a hook on a block the engine decodes through
+    the model's own forward, so the hook runs once per forward (here 1 prefill + 4 decode steps)."""
+    model, tok = served
+    calls: list[int] = []
+    hook = model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        r = Engine(model, tok, max_batch=1).generate([[9, 10, 11]], GenParams(max_tokens=5, temperature=0))[0]
+    finally:
+        hook.remove()
+    assert len(r.token_ids) == 5 and len(calls) == 5
