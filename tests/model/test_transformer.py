@@ -140,8 +140,9 @@ def test_decode_attention_equals_sdpa_with_gqa(n_heads, n_kv):
     k, v = torch.randn(B, n_kv, S, D, generator=g), torch.randn(B, n_kv, S, D, generator=g)
     blocked = torch.arange(S)[None, None, :] > torch.tensor([0, 5, 10])[:, None, None]  # [B, 1, S]
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked[:, None], enable_gqa=True)
-    torch.testing.assert_close(decode_attention(q, k, v, blocked), want, atol=1e-6, rtol=1e-5)
-    half = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), blocked)
+    bias = torch.zeros(blocked.shape).masked_fill(blocked, float("-inf"))
+    torch.testing.assert_close(decode_attention(q, k, v, bias), want, atol=1e-6, rtol=1e-5)
+    half = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), want, atol=3e-2, rtol=3e-2)
 

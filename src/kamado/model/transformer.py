@@ -64,9 +64,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-    """Attention of one new query per row, q [B, H, 1, D], over keys/values [B, H_kv, S, D]; `blocked` [B, 1, S]
-    is True for the keys a row must not see.
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row, q [B, H, 1, D], over keys/values [B, H_kv, S, D]; `bias` [B, 1, S]
+    (float32) is 0 for the keys a row sees and -inf for the others (a caller decoding many layers builds it once).
 
     The G = H / H_kv query heads that share a key head (GQA, SDPA's `enable_gqa` order) become the rows of one
     small matrix, so each key head is read once: [B, H_kv, G, D] @ [B, H_kv, D, S]. For this shape SDPA's CPU
@@ -75,7 +75,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked:
     B, H, _, D = q.shape
     n_kv = k.shape[1]
     scores = (q.reshape(B, n_kv, H // n_kv, D) * D**-0.5) @ k.transpose(-1, -2)
-    probs = scores.float().masked_fill(blocked[:, None], float("-inf")).softmax(-1).to(v.dtype)
+    probs = (scores.float() + bias[:, None]).softmax(-1).to(v.dtype)
     return (probs @ v).reshape(B, H, 1, D)
 
 
@@ -115,7 +115,8 @@ class Attention(nn.Module):
         if isinstance(pos, torch.Tensor):  # each query's own position [B, T] (a serving batch): key j is position j
             blocked = torch.arange(k.shape[2], device=pos.device) > pos[:, :, None]  # [B, T, S]
             if T == 1:
-                y = decode_attention(q, k, v, blocked)
+                bias = torch.zeros(blocked.shape, device=x.device).masked_fill_(blocked, float("-inf"))
+                y = decode_attention(q, k, v, bias)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked[:, None], enable_gqa=True)
         elif T > 1 and pos > 0:  # chunked prefill after earlier tokens: explicit mask over [past | chunk]

@@ -117,6 +117,7 @@ def decode_step(
     W = k.shape[3]
     cos, sin = model.rope_cos[pos][:, None], model.rope_sin[pos][:, None]  # [B, 1, D]
     blocked = (torch.arange(W, device=pos.device) > pos[:, None])[:, None]  # [B, 1, W]
+    bias = torch.zeros(blocked.shape, device=pos.device).masked_fill_(blocked, float("-inf"))
     index = (torch.arange(B * n_kv, device=pos.device).view(B, n_kv) * W + pos[:, None]).flatten()
     h = model.embed(x)
     for block in model.layers:
@@ -130,7 +131,7 @@ def decode_step(
         ks, vs = k[a.layer], v[a.layer]  # [B, H_kv, W, D], contiguous
         ks.view(-1, D).index_copy_(0, index, kn.reshape(-1, D).to(ks.dtype))
         vs.view(-1, D).index_copy_(0, index, vn.reshape(-1, D).to(vs.dtype))
-        y = decode_attention(q.view(B, H, 1, D).to(vs.dtype), ks, vs, blocked)
+        y = decode_attention(q.view(B, H, 1, D).to(vs.dtype), ks, vs, bias)
         h = h + a.o_proj(y.view(B, H * D).to(h.dtype))
         h = h + block.mlp(block.mlp_norm(h))
     return model.lm_head(model.norm(h))
