@@ -1,9 +1,10 @@
 """Inference engine: continuous batching over KV-cache slots, chunked prefill, per-request sampling, streaming.
 
 Each running request owns one slot of a preallocated cache (`SlotCache`: position j of a sequence at index j).
-One engine step prefills one chunk of one waiting prompt (at most `prefill_chunk` tokens, so a long prompt never
-stalls the others for long), then decodes one token for every running request in a single batch whose rows sit
-at different positions (the model takes a start position per row). A request that finishes frees its slot at
+One engine step prefills at most `prefill_chunk` prompt tokens (a chunk of the oldest waiting prompt, then of the
+next ones while the budget lasts, so a long prompt never stalls the others for long), then decodes one token for
+every running request in a single batch whose rows sit at different positions (the model takes a start position
+per row). A request that finishes frees its slot at
 once and the next waiting request takes it, without waiting for the rest of the batch. New requests go to the
 lowest free slot, so a decode batch is the contiguous range of slots 0..highest busy one: the cache is then read
 as a view, never gathered.
@@ -254,19 +255,26 @@ class Engine:
             if busy is not None and busy._cancel:
                 self._finish(s, busy, "cancelled")
         prefilling = [r for r in self.slots if r is not None and r._cursor < len(r.prompt_ids)]
-        if prefilling:
-            self._prefill(min(prefilling, key=lambda r: r.id))
+        budget = self.prefill_chunk
+        # oldest first, each prompt its own forward (rows of one batch would need equal chunk lengths), while the
+        # budget lasts: with many short prompts waiting, a step decodes after several of them, not after each
+        for r in sorted(prefilling, key=lambda r: r.id):
+            if budget == 0:
+                break
+            budget -= self._prefill(r, budget)
         decoding = [s for s, r in enumerate(self.slots) if r is not None and r.token_ids]
         if decoding:
             self._decode(decoding)
 
-    def _prefill(self, r: Request) -> None:
-        chunk = r.prompt_ids[r._cursor : r._cursor + self.prefill_chunk]
+    def _prefill(self, r: Request, budget: int) -> int:
+        """Run the next chunk (at most `budget` tokens) of r's prompt; return its length."""
+        chunk = r.prompt_ids[r._cursor : r._cursor + budget]
         x = torch.tensor([chunk], device=self.device)
         logits = self.cache.forward(self.model, x, r._slot, r._slot + 1, torch.tensor([r._cursor]), last_only=True)
         r._cursor += len(chunk)
         if r._cursor == len(r.prompt_ids):  # the prompt is in: its last logits give the first new token
             self._accept(r._slot, r, int(sample_next(logits[:, -1].float(), r.params.sampling(), r._gen)[0]))
+        return len(chunk)
 
     def _decode(self, slots: list[int]) -> None:
         hi = max(slots) + 1
