@@ -5,9 +5,10 @@ The `small` preset shape with random weights (fixed seed) is exported to `Qwen3F
 float32 before anything is timed. Both then get the same B prompts of --prompt-len random
 tokens and generate --new-tokens greedy tokens each, with no early stop (HF: `min_new_tokens`; kamado: no end of
 text). Measured per run, for both alike:
-- TTFT: time from the call until every row of the batch has its first new token;
-- decode tokens/s: the tokens produced after that moment, over the time they took (HF: a logits processor notes
-  the time of every step; kamado: the bench drives `Engine.step` itself);
+- TTFT: time from the call until every row of the batch has its first new token (HF: a logits processor notes
+  the time of every step; kamado: `Request.first_token_at`);
+- decode tokens/s: the tokens produced after that moment, over the time they took (kamado: from the end of the
+  engine step in which the last row got its first token; the bench drives `Engine.step` itself);
 - end-to-end tokens/s: B x new tokens over the whole call.
 kamado's engine runs its own schedule (one prompt chunk per step, decoding the running rows meanwhile), so its
 rows start at different times; HF prefills the whole batch in one forward.
@@ -137,12 +138,13 @@ def kamado_runner(engine: Engine) -> Run:
         first, made = 0.0, 0
         while not all(r.done for r in reqs):
             engine.step()
-            if not first and all(r.token_ids for r in reqs):
+            if not first and all(r.token_ids for r in reqs):  # decode rate: from the end of this step on
                 first, made = time.perf_counter(), sum(len(r.token_ids) for r in reqs)
         t1 = time.perf_counter()  # the engine has read every token back: the device is done
         assert all(len(r.token_ids) == n for r in reqs)
         total = len(prompts) * n
-        return first - t0, (total - made) / (t1 - first), total / (t1 - t0)
+        ttft = max(r.first_token_at or t1 for r in reqs) - t0  # when the last row's first token was emitted
+        return ttft, (total - made) / (t1 - first), total / (t1 - t0)
 
     return run
 

@@ -265,3 +265,4 @@ def test_forward_hooks_on_the_blocks_still_run(served):
     finally:
         hook.remove()
     assert len(r.token_ids) == 5 and len(calls) == 5
+    assert r.first_token_at is not None and r.submitted_at <= r.first_token_at  # latency stamps

@@ -31,6 +31,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    submitted_at: float = field(default_factory=time.perf_counter)  # time.perf_counter() seconds, for latencies
+    first_token_at: float | None = None  # when the first new token was emitted (time to first token)
     _loop: asyncio.AbstractEventLoop | None = None
     _aq: asyncio.Queue[Delta] | None = None
     _q: queue.Queue[Delta] = field(default_factory=queue.Queue)
@@ -132,6 +135,8 @@ class Request:
         return self
 
     def _emit(self, d: Delta) -> None:
+        if d.token_ids and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
         self.text += d.text
         self.token_ids += d.token_ids
         if d.finish_reason is not None:
