@@ -152,7 +152,7 @@ class Request:
 class Engine:
     """Serve `model`: `dtype` None serves it as it is (its live weights: e.g. a policy being trained); a dtype
     serves a snapshot copy in that dtype (bf16: ~3x faster decoding on a CPU; greedy tokens follow float32's until
-    two candidates are within bf16 rounding of each other — logits differ by up to ~1% of their scale)."""
+    two candidates are within bf16 rounding of each other: logits differ by up to ~2% of their largest value)."""
 
     def __init__(
         self,
@@ -249,7 +249,8 @@ class Engine:
     # ------------------------------------------------------------------------------------------------ a step
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit waiting requests to free slots, prefill one chunk of one prompt, decode one token for all."""
+        """Admit waiting requests to free slots, prefill up to `prefill_chunk` prompt tokens, decode one token for
+        every running request."""
         self.steps += 1
         with self._lock:
             for s in range(len(self.slots)):
