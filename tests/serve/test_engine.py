@@ -266,3 +266,23 @@ def test_forward_hooks_on_the_blocks_still_run(served):
         hook.remove()
     assert len(r.token_ids) == 5 and len(calls) == 5
     assert r.first_token_at is not None and r.submitted_at <= r.first_token_at  # latency stamps
+
+
+def test_a_finished_request_has_left_its_slot_when_its_waiter_wakes(served):
+    """The slot is freed before the last delta is emitted: a server that answers as soon as a request is done
+    never sees it still holding a slot (the burst test in test_server.py checked exactly this, and raced)."""
+    model, tok = served
+    eng = Engine(model, tok, max_batch=2)
+    r = eng.submit([9, 10, 11], GenParams(max_tokens=3, temperature=0))
+    held_at_the_end: list[bool] = []
+    put = r._q.put
+
+    def watched_put(d):  # the moment the last delta reaches the request's stream
+        if d.finish_reason is not None:
+            held_at_the_end.append(r in eng.slots)
+        put(d)
+
+    r._q.put = watched_put
+    while not r.done:
+        eng.step()
+    assert held_at_the_end == [False]

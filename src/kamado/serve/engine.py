@@ -341,6 +341,6 @@ class Engine:
 
     def _finish(self, s: int, r: Request, reason: str, token: int | None = None, text: str | None = None) -> None:
         final = r.text if text is None else text
-        r._emit(Delta(final[len(r.text) :], [] if token is None else [token], reason))
-        with self._lock:
+        with self._lock:  # free the slot first: whoever sees the request done then sees its slot free too
             self.slots[s] = None
+        r._emit(Delta(final[len(r.text) :], [] if token is None else [token], reason))
