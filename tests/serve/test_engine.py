@@ -223,7 +223,7 @@ def test_streamed_text_is_the_decoded_tokens_when_characters_span_tokens(served)
     done = Engine(model, tok, max_batch=4).generate(prompts, GenParams(max_tokens=60, temperature=1.0, seed=3))
     for r in done:
         cut = r.token_ids[:-1] if r.finish_reason == "stop" else r.token_ids
-        assert r.text == tok.decode(cut)
+        assert r.text == tok.decode(cut, skip_special=True)
     assert any("\ufffd" in tok.decode(r.token_ids[:i]) for r in done for i in range(1, len(r.token_ids)))
 
 
@@ -286,3 +286,37 @@ def test_a_finished_request_has_left_its_slot_when_its_waiter_wakes(served):
     while not r.done:
         eng.step()
     assert held_at_the_end == [False]
+
+
+def test_stop_ends_running_and_waiting_requests_as_cancelled(served):
+    model, tok = served
+    eng = Engine(model, tok, max_batch=1).start()
+    assert eng.running
+    first = eng.submit([9, 10, 11], GenParams(max_tokens=200, temperature=0))
+    queued = eng.submit([12, 13], GenParams(max_tokens=5, temperature=0))
+    next(first.stream())
+    eng.stop()
+    assert not eng.running
+    assert first.result(timeout=10).finish_reason in ("cancelled", "length")
+    assert queued.result(timeout=10).finish_reason in ("cancelled", "length")
+    assert all(s is None for s in eng.slots) and not eng.waiting
+
+
+def test_special_tokens_a_model_emits_are_not_text(served):
+    """A model may emit chat markup (<|im_start|>, <|assistant|>): those ids are output tokens but not text."""
+    model, tok = served
+    marks = [tok.token_id("<|im_start|>"), tok.token_id("<|assistant|>")]
+    with torch.no_grad():  # make the model prefer the markup: a large bias on their output rows
+        biased = random_model(model.cfg.vocab_size, model.cfg.max_seq_len)
+        biased.lm_head.weight[marks] += 50.0 * biased.norm.weight.sign()
+    r = Engine(biased, tok).generate([[9, 10]], GenParams(max_tokens=6, temperature=0))[0]
+    assert set(r.token_ids) & set(marks)
+    assert "<|" not in r.text and r.text == tok.decode(r.token_ids, skip_special=True)
+
+
+def test_auto_dtype_is_bf16_only_where_it_is_fast():
+    from kamado.serve.load import serving_dtype
+
+    fast = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert serving_dtype("auto", "cpu") == (torch.bfloat16 if fast else torch.float32)
+    assert serving_dtype("float32", "cpu") == torch.float32 and serving_dtype("bfloat16", "cpu") == torch.bfloat16

@@ -85,11 +85,12 @@ def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None) -
     import uvicorn
 
     from kamado.serve.engine import Engine
-    from kamado.serve.load import load_for_serving
+    from kamado.serve.load import load_for_serving, serving_dtype
     from kamado.serve.server import create_app
 
     model, tok, name = load_for_serving(args.checkpoint, args.tokenizer, _device(args.device))
-    app = create_app(Engine(model, tok, max_batch=args.max_batch), tok, name, api_key)
+    engine = Engine(model, tok, max_batch=args.max_batch, dtype=serving_dtype(args.dtype, _device(args.device)))
+    app = create_app(engine, tok, name, api_key)
     url = url_of(sock)
     print(f"kamado serve: {name} at {url} (chat page at /, OpenAI API at {url}v1); Ctrl-C stops", flush=True)
     if not api_key and sock.getsockname()[0] not in ("127.0.0.1", "::1"):
@@ -181,7 +182,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
         check_value(f"--{name.replace('_', '-')}", getattr(args, name), allowed)
 
     from kamado.serve.engine import Engine, GenParams
-    from kamado.serve.load import load_for_serving
+    from kamado.serve.load import load_for_serving, serving_dtype
 
     model, tok, name = load_for_serving(args.checkpoint, args.tokenizer, _device(args.device))
     try:
@@ -189,7 +190,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
     except KamadoError:
         stops = ()
     params = GenParams(args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed, (), stops)
-    engine = Engine(model, tok, max_batch=1).start()
+    engine = Engine(model, tok, max_batch=1, dtype=serving_dtype(args.dtype, _device(args.device))).start()
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
     print(f"kamado chat · {name} · context {engine.max_len} tokens\n{CHAT_HELP}", flush=True)
@@ -239,3 +240,9 @@ def add_serving_parsers(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder (default: <run folder>/tokenizer)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="weights and KV cache while serving (default: bfloat16 where the CPU/GPU runs it fast, else float32)",
+    )

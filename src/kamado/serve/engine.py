@@ -222,13 +222,26 @@ class Engine:
             self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        """The background loop is alive (`start()` was called and it has not stopped)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
+        """Stop the background loop; requests still running or waiting end as "cancelled" (nobody waits forever)."""
         with self._lock:
             self._stopping = True
             self._lock.notify()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        for s, r in enumerate(self.slots):
+            if r is not None:
+                self._finish(s, r, "cancelled")
+        with self._lock:
+            left, self.waiting = list(self.waiting), deque()
+        for r in left:
+            r._emit(Delta("", [], "cancelled"))
 
     def _run(self) -> None:
         while True:
@@ -315,11 +328,11 @@ class Engine:
     def _accept(self, s: int, r: Request, token: int) -> None:
         """Take one sampled token: stop on a stop id, a stop string or the length limit, else stream its text."""
         if token in r._stop_ids:  # the text so far is final, held-back tail included; the stop token is not text
-            return self._finish(s, r, "stop", token, r._fixed_text + self.tok.decode(r.token_ids[r._fixed :]))
+            return self._finish(s, r, "stop", token, r._fixed_text + self._decode_text(r.token_ids[r._fixed :]))
         n = len(r.token_ids) + 1
         # decode only the tokens after the last whole character: byte-level BPE text up to a character boundary
         # never changes, and decoding everything every step would cost O(length) per token
-        tail = self.tok.decode([*r.token_ids[r._fixed :], token])
+        tail = self._decode_text([*r.token_ids[r._fixed :], token])
         text = r._fixed_text + tail
         if not tail.endswith("\ufffd"):  # an incomplete UTF-8 character decodes as U+FFFD until it completes
             r._fixed, r._fixed_text = n, text
@@ -338,6 +351,10 @@ class Engine:
                     safe -= k
                     break
         r._emit(Delta(text[len(r.text) : max(safe, len(r.text))], [token]))
+
+    def _decode_text(self, ids: list[int]) -> str:
+        """Text of generated ids; special tokens (chat markup a model may emit) are not text, as in OpenAI's API."""
+        return self.tok.decode(ids, skip_special=True)
 
     def _finish(self, s: int, r: Request, reason: str, token: int | None = None, text: str | None = None) -> None:
         final = r.text if text is None else text

@@ -167,8 +167,7 @@ def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, api_key: s
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        thread = engine._thread
-        alive = thread is not None and thread.is_alive()
+        alive = engine.running
         body = {
             "status": "ok" if alive else "engine stopped",
             "model": model_name,
