@@ -11,7 +11,9 @@ from kamado.data.jsonl import iter_texts
 from kamado.model.transformer import Transformer
 from kamado.tokenizer import Tokenizer
 from kamado.tokenizer.train import train_tokenizer
-from kamado.train.checkpoint import save_checkpoint
+from kamado.train.checkpoint import load_model, save_checkpoint
+
+from .export_run import make_run
 
 SAMPLE = Path(__file__).parents[2] / "samples" / "ja_aozora.jsonl.gz"
 
@@ -41,3 +43,19 @@ def served_run(tmp_path_factory) -> Path:
     cfg.model = model.cfg
     save_checkpoint(run / "checkpoints", 1, model, None, {"config": to_dict(cfg)})
     return run
+
+
+# The export tests' run (tests/serve/export_run.py): GQA, non-unit norms, more embedding rows than token ids.
+@pytest.fixture(scope="session")
+def run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("export") / "tiny-ja")
+
+
+@pytest.fixture(scope="session")
+def model(run: Path) -> Transformer:
+    return load_model(run)[0]
+
+
+@pytest.fixture(scope="session")
+def tok(run: Path) -> Tokenizer:
+    return Tokenizer.load(run / "tokenizer")

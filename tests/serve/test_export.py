@@ -29,26 +29,11 @@ from kamado.serve.import_hf import import_hf
 from kamado.tokenizer import Tokenizer
 from kamado.train.checkpoint import load_model, verify_checkpoint
 
-from .export_run import EPS, THETA, make_run
+from .export_run import EPS, THETA
 
 transformers = pytest.importorskip("transformers")
 JA = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
 CHAT = [{"role": "system", "content": "丁寧に答えて。"}, {"role": "user", "content": "猫の名前は？"}]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("export") / "tiny-ja")
-
-
-@pytest.fixture(scope="module")
-def model(run: Path) -> Transformer:
-    return load_model(run)[0]
-
-
-@pytest.fixture(scope="module")
-def tok(run: Path) -> Tokenizer:
-    return Tokenizer.load(run / "tokenizer")
 
 
 @pytest.fixture(scope="module")

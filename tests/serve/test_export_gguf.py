@@ -17,24 +17,8 @@ from kamado.model.transformer import Transformer
 from kamado.serve.export_gguf import export_gguf
 from kamado.tokenizer import Tokenizer
 from kamado.tokenizer.train import SPECIAL_TOKENS
-from kamado.train.checkpoint import load_model
 
-from .export_run import EPS, THETA, make_run
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("export") / "tiny-ja")
-
-
-@pytest.fixture(scope="module")
-def model(run: Path) -> Transformer:
-    return load_model(run)[0]
-
-
-@pytest.fixture(scope="module")
-def tok(run: Path) -> Tokenizer:
-    return Tokenizer.load(run / "tokenizer")
+from .export_run import EPS, THETA
 
 
 def gguf_expected(model: Transformer) -> dict[str, torch.Tensor]:
