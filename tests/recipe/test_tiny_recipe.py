@@ -54,7 +54,7 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args):
     assert {"generate", "export"} <= set(summary["stage_seconds"])
     rows = dict(summary["serve_rows"])
     assert "identical" in rows["transformers vs kamado"], rows
-    assert float(rows["transformers vs kamado"].split("|Δ logit| ")[1].split()[0]) < 1e-4
+    assert float(rows["transformers vs kamado"].split("largest logit difference ")[1].split()[0]) < 1e-4
     assert (full / "export" / "hf" / "config.json").is_file() and (full / "export" / "model.gguf").is_file()
     report = (full / "report.md").read_text()
     assert "bits per character" in report and "loss.png" in report and "## Web corpus" in report

@@ -233,7 +233,7 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
             ("Hugging Face folder", f"{hf_dir} ({sum(f.stat().st_size for f in hf_dir.iterdir()) / 1e6:.1f} MB)"),
             (
                 "transformers vs kamado",
-                f"max |Δ logit| {check['max_abs_logit_diff']:.2g} over {len(ids)} held-out tokens (float32); "
+                f"largest logit difference {check['max_abs_logit_diff']:.2g} on {len(ids)} held-out tokens (fp32); "
                 f"greedy {check['new_tokens']} tokens {'identical' if check['greedy_equal'] else 'DIFFERENT'}",
             ),
             ("GGUF (f16, llama.cpp qwen3)", f"{gguf_file} ({gguf_file.stat().st_size / 1e6:.1f} MB)"),

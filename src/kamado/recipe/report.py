@@ -55,8 +55,10 @@ def plot_losses(metrics_file: Path, out_png: Path, title: str) -> Path:
 
 
 def markdown_table(rows: list[tuple[str, str]]) -> str:
+    """Two-column Markdown table; a "|" inside a cell is escaped so it cannot split the row."""
     lines = ["| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
+    cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+    lines += [f"| {cell(k)} | {cell(v)} |" for k, v in rows]
     return "\n".join(lines)
 
 
