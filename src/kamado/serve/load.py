@@ -8,6 +8,7 @@ import torch
 
 from kamado.errors import CheckpointError
 from kamado.model.transformer import Transformer
+from kamado.serve.weights import can_pack
 from kamado.tokenizer import Tokenizer
 from kamado.train.checkpoint import load_model
 
@@ -33,5 +34,4 @@ def serving_dtype(name: str, device: str) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    fast = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.bfloat16 if fast else torch.float32
+    return torch.bfloat16 if can_pack(torch.device("cpu"), torch.bfloat16) else torch.float32
