@@ -228,7 +228,7 @@ def test_attention_equals_a_reference_with_qk_norm_before_rope(qk_norm):
     x = torch.randn(2, 12, cfg.d_model, generator=torch.Generator().manual_seed(1))
     cos, sin = m.rope_cos[:12], m.rope_sin[:12]
     with torch.no_grad():
-        got = attn(x, cos, sin)
+        got = attn(x, cos, sin, None, 0)
     torch.testing.assert_close(got.double(), reference_attention(attn, x.double(), cfg), rtol=1e-4, atol=1e-5)
 
 
@@ -280,3 +280,91 @@ def test_rope_keeps_the_dtype_of_its_input():
     cos, sin = rope_tables(8, 4, 10000.0)
     x = torch.randn(1, 2, 4, 8).to(torch.bfloat16)
     assert apply_rope(x, cos, sin).dtype == torch.bfloat16
+
+
+class _RowCache:
+    """A KV cache written independently of `kamado.serve.slots`: row b's position j lives at index j. Unused
+    positions hold large noise, so a key that is not masked out changes the output."""
+
+    def __init__(self, m: Transformer, B: int, S: int, dtype: torch.dtype = torch.float32):
+        c = m.cfg
+        g = torch.Generator().manual_seed(7)
+        self.k = (100 * torch.randn(c.n_layers, B, c.n_kv_heads, S, c.head_dim, generator=g)).to(dtype)
+        self.v = (100 * torch.randn(c.n_layers, B, c.n_kv_heads, S, c.head_dim, generator=g)).to(dtype)
+        self.start = [0] * B
+
+    def update(self, layer, k, v):
+        for b, p in enumerate(self.start):
+            self.k[layer, b, :, p : p + k.shape[2]] = k[b]
+            self.v[layer, b, :, p : p + v.shape[2]] = v[b]
+        return self.k[layer], self.v[layer]
+
+
+def test_rows_at_their_own_positions_match_each_row_run_alone():
+    """A serving batch: rows at different positions (`pos` a tensor [B]), prefilled in chunks then decoded one
+    token at a time, give the logits each row gets from a plain forward pass over its whole sequence."""
+    m = make(qk_norm=True).eval()
+    with torch.no_grad():  # non-unit QK-Norm weights: the norm then depends on where RoPE's positions come in
+        for blk in m.layers:
+            blk.attn.q_norm.weight.uniform_(0.5, 2.0)
+            blk.attn.k_norm.weight.uniform_(0.5, 2.0)
+    seqs = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(5))
+    want = [m(seqs[b : b + 1])[0] for b in range(2)]
+    cache = _RowCache(m, 2, 20)  # 20 positions: not head_dim (16), so S and D cannot be confused
+    with torch.no_grad():
+        m(seqs[1:, :4], cache=_Row1(cache), pos=0)  # row 1's first 4 tokens, on their own
+        got: list[list[torch.Tensor]] = [[], []]
+        p = [0, 4]
+        for T in (3, 2, 1, 1, 1):
+            cache.start = list(p)
+            x = torch.stack([seqs[b, p[b] : p[b] + T] for b in range(2)])
+            out = m(x, cache=cache, pos=torch.tensor(p))
+            for b in range(2):
+                got[b].append(out[b])
+                p[b] += T
+    torch.testing.assert_close(torch.cat(got[0]), want[0][: p[0]], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(got[1]), want[1][4 : p[1]], atol=1e-4, rtol=1e-4)
+
+
+class _Row1:
+    """Writes one row (batch index 1 of `cache`) from a batch of one, at position 0."""
+
+    def __init__(self, cache: _RowCache):
+        self.cache = cache
+
+    def update(self, layer, k, v):
+        c = self.cache
+        c.k[layer, 1, :, : k.shape[2]] = k[0]
+        c.v[layer, 1, :, : v.shape[2]] = v[0]
+        return c.k[layer, 1:, :, : k.shape[2]], c.v[layer, 1:, :, : v.shape[2]]
+
+
+def test_a_float32_cache_under_bfloat16_autocast_gives_nearly_the_same_logits():
+    """Keys and values read back from a float32 cache meet bf16 queries from autocast: attention runs in one dtype."""
+    from kamado.model.generate import KVCache
+
+    m = make().eval()
+    x = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = KVCache(m, 1, 16)
+        first = m(x[:, :6], cache=cache, pos=0)
+        cache.advance(6)
+        rest = m(x[:, 6:], cache=cache, pos=6)
+    with torch.no_grad():
+        want = m(x)
+    torch.testing.assert_close(torch.cat([first, rest], 1).float(), want, atol=0.05, rtol=0.05)
+
+
+def test_rmsnorm_on_bfloat16_input_applies_its_weight_in_bfloat16():
+    """The weight is cast to the input's dtype, so bf16 activations take torch's single-dtype (fused) kernel; a
+    float32 weight would take the mixed-dtype fallback, which rounds differently."""
+    from kamado.model.transformer import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(64, 1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(32, 64).bfloat16()
+    y = norm(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, F.rms_norm(x, (64,), norm.weight.detach().bfloat16(), 1e-6))

@@ -107,11 +107,14 @@ class _Poison:
     def __init__(self, trainer, positions):
         self.trainer, self.positions, self.hits = trainer, set(positions), 0
         self.orig = trainer.forward_backward
+        self.limit = 100  # a poisoned batch trained on this often means the trainer keeps replaying it
 
     def __call__(self, x, y):
         out = self.orig(x, y)
         if self.trainer.loader.index - 1 in self.positions:
             self.hits += 1
+            if self.hits > self.limit:
+                raise AssertionError(f"poisoned batches trained on {self.hits} times")
             self.trainer.model.zero_grad()
             return {**out, "loss": math.nan}
         return out
@@ -182,3 +185,29 @@ def test_a_step_is_evaluated_before_it_is_checkpointed(tiny_cfg, loader_cls, tmp
     assert t.last_eval is not None and t.last_eval["step"] == 30
     resumed = build(tiny_cfg, loader_cls, tmp_path / "r")  # a rerun of the finished run keeps its last eval
     assert resumed.fit()["eval"] == t.last_eval
+
+
+def test_a_second_rollback_to_the_same_checkpoint_still_skips_the_first_bad_batch(tiny_cfg, loader_cls):
+    """Two rollbacks to the step-10 checkpoint, whose state predates both: the batch that caused the first must
+    stay skipped after the second restores that older state."""
+    tiny_cfg.stability.max_spikes = 1
+    t = build(tiny_cfg, loader_cls)
+    poison = _Poison(t, {12, 16})
+    poison.limit = 4
+    t.forward_backward = poison
+    t.fit()
+    events = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "events.jsonl").read_text().splitlines()]
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    assert [e["to_step"] for e in rollbacks] == [10, 10]
+    assert poison.hits == 2 and t.step == 30
+    assert len(t.skip_positions) == 2
+
+
+def test_rerunning_a_finished_run_leaves_its_checkpoints_untouched(tiny_cfg, loader_cls, tmp_path):
+    build(tiny_cfg, loader_cls, tmp_path / "r").fit()
+    final = tmp_path / "r/checkpoints/step_00000030"
+    before = {f.name: f.stat().st_mtime_ns for f in final.iterdir()}
+    again = build(tiny_cfg, loader_cls, tmp_path / "r")
+    assert again.fit()["step"] == 30
+    assert again.saved_step == 30
+    assert {f.name: f.stat().st_mtime_ns for f in final.iterdir()} == before  # not saved a second time

@@ -94,8 +94,8 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: LayerCache | None = None,
-        pos: int | torch.Tensor = 0,
+        cache: LayerCache | None,
+        pos: int | torch.Tensor,
     ) -> torch.Tensor:
         """`pos`: the position of the first token (int), or of every token [B, T] (rows at different lengths)."""
         B, T, _ = x.shape
@@ -111,7 +111,6 @@ class Attention(nn.Module):
         k = apply_rope(k.transpose(1, 2), cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        q, k, v = q.to(v.dtype), k.to(v.dtype), v
         if isinstance(pos, torch.Tensor):  # each query's own position [B, T] (a serving batch): key j is position j
             blocked = torch.arange(k.shape[2], device=pos.device) > pos[:, :, None]  # [B, T, S]
             if T == 1:
@@ -149,7 +148,7 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, cache: LayerCache | None = None, pos: int | torch.Tensor = 0) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache: LayerCache | None, pos: int | torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
         return x + self.mlp(self.mlp_norm(x))
 

@@ -1,0 +1,106 @@
+"""Callbacks: what the metrics logger writes (JSONL and TensorBoard, train and validation), what the progress bar
+shows, the speed monitor's measured peak."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kamado.model.transformer import Transformer
+from kamado.train import callbacks as cb_module
+from kamado.train.callbacks import MetricsLogger, ProgressBar, SpeedMonitor
+from kamado.train.trainer import Trainer
+
+
+def _val(loader_cls, cfg):
+    def batches():
+        loader = loader_cls(cfg.model.vocab_size, 2, cfg.data.seq_len, seed=99)
+        return iter([loader.next_batch() for _ in range(2)])
+
+    return batches
+
+
+def _trainer(cfg, loader_cls, callbacks, val=True):
+    torch.manual_seed(cfg.train.seed)
+    loader = loader_cls(cfg.model.vocab_size, cfg.train.batch_size, cfg.data.seq_len)
+    out = Path(cfg.out_dir)
+    return Trainer(cfg, Transformer(cfg.model), loader, out, _val(loader_cls, cfg) if val else None, callbacks)
+
+
+def _scalars(run: Path) -> dict[str, dict[int, float]]:
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def test_metrics_logger_writes_train_and_validation_rows_and_scalars(tiny_cfg, loader_cls):
+    tiny_cfg.train.steps, tiny_cfg.train.eval_every = 10, 4
+    t = _trainer(tiny_cfg, loader_cls, [SpeedMonitor(), MetricsLogger(tiny_cfg.out_dir, tensorboard=True)])
+    t.fit()
+    run = Path(tiny_cfg.out_dir)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r for r in rows if "val_ce" in r}
+    train = {r["step"]: r for r in rows if "loss" in r}
+    assert sorted(val) == [4, 8, 10] and sorted(train) == list(range(1, 11))
+    assert all(math.isclose(math.exp(r["val_ce"]), r["val_ppl"], rel_tol=1e-9) for r in val.values())
+    tb = _scalars(run)
+    assert {"val/val_ce", "val/val_ppl"} <= set(tb) and "val/step" not in tb
+    for step, r in val.items():  # each value at its own step
+        assert tb["val/val_ce"][step] == pytest.approx(r["val_ce"], rel=1e-6)
+        assert tb["val/val_ppl"][step] == pytest.approx(r["val_ppl"], rel=1e-6)
+    assert sorted(tb["val/val_ce"]) == [4, 8, 10]
+    # training scalars on logging steps only (those carry tokens/s), never the step itself as a scalar
+    assert sorted(tb["train/loss"]) == [5, 10] and "train/step" not in tb
+    assert tb["train/loss"][5] == pytest.approx(train[5]["loss"], rel=1e-6)
+    assert tb["train/mfu"][10] == pytest.approx(train[10]["mfu"], rel=1e-6)
+
+
+def test_progress_bar_shows_the_step_loss_speed_and_stability_events(tiny_cfg, loader_cls, capsys):
+    tiny_cfg.train.steps = 10
+    bar = ProgressBar()
+    t = _trainer(tiny_cfg, loader_cls, [SpeedMonitor(), bar], val=False)
+    t.fit()
+    t._emit({"event": "skip_update", "loss": 9.5})
+    out = capsys.readouterr().out
+    assert "10/10" in out and "train" in out
+    assert bar.progress.tasks[0].completed == 10 and bar.progress.tasks[0].total == 10
+    info = bar.progress.tasks[0].fields["info"]
+    assert info.startswith("loss ") and " tok/s | MFU " in info and info.endswith("%")
+    assert "stability: {'step': 10, 'event': 'skip_update', 'loss': 9.5}" in out
+
+
+def test_progress_bar_of_a_resumed_run_starts_at_the_restored_step(tiny_cfg, loader_cls):
+    tiny_cfg.train.steps = 10
+    _trainer(tiny_cfg, loader_cls, [cb_module.Checkpointer()], val=False).fit()
+    tiny_cfg.train.steps = 12
+    bar = ProgressBar()
+    seen = []
+
+    class Watch(cb_module.Callback):
+        def on_train_start(self, trainer):
+            seen.append(bar.progress.tasks[0].completed)
+
+    _trainer(tiny_cfg, loader_cls, [bar, Watch()], val=False).fit()
+    assert seen == [10] and bar.progress.tasks[0].total == 12
+
+
+def test_speed_monitor_measures_the_peak_when_none_is_configured(tiny_cfg, loader_cls, monkeypatch):
+    calls = []
+
+    def fake_peak(dtype, device):
+        calls.append((dtype, str(device)))
+        return 123e9
+
+    monkeypatch.setattr(cb_module, "measure_matmul_peak", fake_peak)
+    tiny_cfg.train.steps, tiny_cfg.train.peak_flops, tiny_cfg.train.dtype = 5, 0, "fp32"
+    t = _trainer(tiny_cfg, loader_cls, [SpeedMonitor()], val=False)
+    t.fit()
+    assert calls == [(torch.float32, "cpu")] and t.peak_flops == 123e9
+    tiny_cfg.train.dtype = "bf16"
+    SpeedMonitor().on_train_start(_trainer(tiny_cfg, loader_cls, [], val=False))
+    assert calls[-1] == (torch.bfloat16, "cpu")

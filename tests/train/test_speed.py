@@ -1,0 +1,69 @@
+"""Model FLOPs per token and the measured matmul peak (`kamado.train.speed`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kamado.config import ModelConfig
+from kamado.model.transformer import Transformer
+from kamado.train import speed
+from kamado.train.speed import SpeedMeter, flops_per_token, matmul_params, measure_matmul_peak
+
+
+@pytest.mark.parametrize("kv", [1, 2, 4])
+def test_matmul_params_are_the_weights_of_every_linear_layer(kv):
+    cfg = ModelConfig(vocab_size=97, d_model=64, n_layers=3, n_heads=4, n_kv_heads=kv, ffn_hidden=80, max_seq_len=16)
+    model = Transformer(cfg)
+    counted = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    assert matmul_params(cfg) == counted
+
+
+def test_flops_per_token_by_hand():
+    # d=8, 2 heads of 4, 1 kv head, ffn 16, vocab 10, 1 layer, T = 5:
+    # attention 8*(2+2)*4 + 2*4*8 = 192; mlp 3*8*16 = 384; head 8*10 = 80 -> N = 656
+    # 6N = 3936; 12 * L * d * T = 12 * 1 * 8 * 5 = 480
+    cfg = ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=16, max_seq_len=8)
+    assert matmul_params(cfg) == 656
+    assert flops_per_token(cfg, 5) == 3936 + 480
+
+
+class _Clock:
+    """perf_counter advancing by `tick` seconds on every read."""
+
+    def __init__(self, tick: float):
+        self.t, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def test_measured_peak_is_two_n_cubed_over_the_best_time(monkeypatch):
+    monkeypatch.setattr(speed.time, "perf_counter", _Clock(0.25))
+    # every timed product reads 0.25 s: 2 * 64^3 / 0.25 flop/s
+    assert measure_matmul_peak(torch.float32, n=64, seconds=1.0) == pytest.approx(2 * 64**3 / 0.25)
+
+
+def test_measuring_does_not_move_the_training_rng():
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    peak = measure_matmul_peak(torch.float32, n=64, seconds=0.05)
+    assert torch.equal(before, torch.get_rng_state())
+    assert peak > 1e6  # a 64^3 float32 matmul takes well under 0.5 s anywhere
+
+
+def test_speed_meter_reads_tokens_per_second_and_mfu(monkeypatch):
+    clock = _Clock(0.0)
+    monkeypatch.setattr(speed.time, "perf_counter", clock)
+    meter = SpeedMeter(flops_per_token=100.0, peak_flops=1e6)
+    meter.add(3000)
+    meter.add(1000)
+    clock.t = 2.0
+    got = meter.read()
+    assert got == {"tokens_per_s": 2000.0, "mfu": pytest.approx(2000 * 100 / 1e6)}
+    clock.t = 3.0  # read() restarts the window
+    meter.add(500)
+    assert meter.read()["tokens_per_s"] == 500.0
+    assert SpeedMeter(1.0, 0.0).read()["mfu"] == 0.0  # unknown peak: no MFU, not a division by zero
