@@ -50,8 +50,8 @@ MUTATIONS = [
     (
         "trainer does not pass train.z_loss",
         "src/kamado/train/trainer.py",
-        "out = self.forward(x, y, z_loss_coef=self.cfg.train.z_loss)",
-        "out = self.forward(x, y)",
+        "out = self.lm_output(batch, z_loss_coef=self.cfg.train.z_loss)",
+        "out = self.lm_output(batch)",
         ["tests/train"],
     ),
     (

@@ -29,6 +29,7 @@ from kamado.config_io import apply_overrides, from_dict, load_toml
 from kamado.config_io import to_dict as to_dict  # re-exported: the loading functions are imported from here too
 from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
+from kamado.posttrain.config import DPOConfig, SFTConfig
 
 
 @dataclass
@@ -268,11 +269,13 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # post-training stages (`kamado.posttrain`)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def validate(self) -> None:
         """Every section, what spans sections, then every number in the tree finite (`load_config` calls it)."""
         sections = (self.model, self.tokenizer, self.data, self.optim, self.schedule, self.train, self.stability)
-        for section in (*sections, self.checkpoint, self.generate, self.corpus):
+        for section in (*sections, self.checkpoint, self.generate, self.corpus, self.sft, self.dpo):
             section.validate()
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(

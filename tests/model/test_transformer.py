@@ -368,3 +368,34 @@ def test_rmsnorm_on_bfloat16_input_applies_its_weight_in_bfloat16():
     y = norm(x)
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, F.rms_norm(x, (64,), norm.weight.detach().bfloat16(), 1e-6))
+
+
+def test_packed_sequences_give_the_logits_each_gets_alone():
+    """Segments: positions restart and attention stays inside each packed sequence, token by token."""
+    m = make().eval()
+    g = torch.Generator().manual_seed(11)
+    a, b, c = (torch.randint(0, 97, (1, n), generator=g) for n in (5, 7, 3))
+    row = torch.cat([a, b, c, torch.zeros(1, 2, dtype=torch.long)], 1)  # 2 padding tokens at the end
+    seg = torch.tensor([[0] * 5 + [1] * 7 + [2] * 3 + [-1] * 2])
+    with torch.no_grad():
+        packed = m(row, segments=seg)[0]
+        torch.testing.assert_close(packed[:5], m(a)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[5:12], m(b)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[12:15], m(c)[0], atol=1e-5, rtol=1e-5)
+        # the same token ids in one segment would see each other: the split is what isolates them
+        joined = m(row, segments=torch.zeros_like(seg))[0]
+        assert not torch.allclose(joined[5:12], m(b)[0], atol=1e-3)
+
+
+def test_packed_loss_equals_the_token_weighted_loss_of_each_sequence_alone():
+    m = make().eval()
+    g = torch.Generator().manual_seed(12)
+    a, b = torch.randint(0, 97, (1, 6), generator=g), torch.randint(0, 97, (1, 9), generator=g)
+    ya, yb = torch.randint(0, 97, (1, 6), generator=g), torch.randint(0, 97, (1, 9), generator=g)
+    ya[0, :2] = IGNORE_INDEX  # a prompt part, not scored
+    x, y = torch.cat([a, b], 1), torch.cat([ya, yb], 1)
+    seg = torch.tensor([[3] * 6 + [4] * 9])
+    with torch.no_grad():
+        packed = m(x, y, segments=seg).ce
+        la, lb = m(a, ya).ce, m(b, yb).ce
+    assert float(packed) == pytest.approx((4 * float(la) + 9 * float(lb)) / 13, rel=1e-5)

@@ -76,8 +76,11 @@ class _ZstdFrames(io.RawIOBase):
         return n
 
 
-def iter_records(path: Path, raw_pos: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) per line; DataError naming file:line for bad JSON, a missing "text", or bad UTF-8.
+def iter_records(
+    path: Path, raw_pos: list[int] | None = None, text_field: str | None = "text"
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) per line; DataError naming file:line for bad JSON, a line that is not an object
+    or lacks a string `text_field` (None: any object will do; its fields are the caller's to check), or bad UTF-8.
 
     Blank lines are skipped. If `raw_pos` is given, raw_pos[0] tracks bytes read from disk (for progress).
     """
@@ -108,8 +111,9 @@ def iter_records(path: Path, raw_pos: list[int] | None = None) -> Iterator[tuple
             except json.JSONDecodeError as e:
                 what = e.msg.removesuffix(" at")  # json says "Unterminated string starting at"
                 raise DataError(f"{path}:{lineno}: invalid JSON ({what} at column {e.colno})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
+            if not isinstance(obj, dict) or (text_field is not None and not isinstance(obj.get(text_field), str)):
+                need = f' with a string "{text_field}" field' if text_field is not None else ""
+                raise DataError(f"{path}:{lineno}: expected an object{need}")
             yield lineno, obj
 
 

@@ -96,8 +96,10 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: LayerCache | None,
         pos: int | torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`pos`: the position of the first token (int), or of every token [B, T] (rows at different lengths)."""
+        """`pos`: the position of the first token (int), or of every token [B, T] (rows at different lengths).
+        `mask` [B, 1, T, T] (True = may attend) replaces the causal mask: packed conversations (`segments`)."""
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
             [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
@@ -111,7 +113,9 @@ class Attention(nn.Module):
         k = apply_rope(k.transpose(1, 2), cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if isinstance(pos, torch.Tensor):  # each query's own position [B, T] (a serving batch): key j is position j
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        elif isinstance(pos, torch.Tensor):  # each query's own position [B, T] (a serving batch): key j is position j
             blocked = torch.arange(k.shape[2], device=pos.device) > pos[:, :, None]  # [B, T, S]
             if T == 1:
                 bias = torch.zeros(blocked.shape, device=x.device).masked_fill_(blocked, float("-inf"))
@@ -148,8 +152,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, cache: LayerCache | None, pos: int | torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+    def forward(
+        self, x, cos, sin, cache: LayerCache | None, pos: int | torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -183,13 +189,21 @@ class Transformer(nn.Module):
         self.rope_sin.copy_(sin)
 
     def hidden_states(
-        self, idx: torch.Tensor, cache: LayerCache | None = None, pos: int | torch.Tensor = 0
+        self,
+        idx: torch.Tensor,
+        cache: LayerCache | None = None,
+        pos: int | torch.Tensor = 0,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states [B, T, d] for tokens `idx` [B, T] at positions pos..pos+T-1.
 
         `pos` may be a tensor [B] of per-row start positions (rows of a serving batch at different lengths); the
-        cache then holds position j of every row at index j and keys past a row's own position are masked."""
+        cache then holds position j of every row at index j and keys past a row's own position are masked.
+        `segments` [B, T] packs several sequences in a row (SFT): equal ids are one sequence, whose positions
+        restart at 0 and whose tokens attend only within it (causally), so nothing leaks between them."""
         T = idx.shape[1]
+        if segments is not None:
+            return self._packed_hidden_states(idx, segments)
         if not isinstance(pos, torch.Tensor) and pos + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         if isinstance(pos, torch.Tensor):  # checked by the caller: reading pos.max() here would wait for the device
@@ -202,6 +216,22 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, pos)
         return self.norm(x)
 
+    def _packed_hidden_states(self, idx: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        if self.cfg.max_seq_len < T:
+            raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        at = torch.arange(T, device=idx.device).expand_as(segments)
+        starts = torch.ones_like(segments, dtype=torch.bool)
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+        pos = at - torch.where(starts, at, 0).cummax(dim=1).values  # [B, T]: offset from the segment's start
+        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        mask = ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]  # [B, 1, T, T]
+        x = self.embed(idx)
+        for block in self.layers:
+            x = block(x, cos, sin, None, 0, mask)
+        return self.norm(x)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -210,13 +240,14 @@ class Transformer(nn.Module):
         z_loss_coef: float = 0.0,
         cache: LayerCache | None = None,
         pos: int | torch.Tensor = 0,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor | LossOutput:
         """Logits [B, T, vocab]; or, given `targets`, the training loss (CE + Z-loss, `kamado.model.loss`).
 
         On a CPU the loss is computed chunk by chunk without materialising the logits (`linear_lm_loss`: 1.2× HF
         compiled there). On a GPU the logits + `lm_loss` path is used: it compiles into the step's graph, which
         the chunked loop cannot (H200: 1.16× HF compiled at 1B vs 1.01× for the chunked loop; LOG.md)."""
-        h = self.hidden_states(idx, cache, pos)
+        h = self.hidden_states(idx, cache, pos, segments)
         if targets is None:
             return self.lm_head(h)
         if h.device.type == "cuda":

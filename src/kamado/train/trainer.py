@@ -22,12 +22,13 @@ from torch import nn
 from kamado.config import RunConfig, to_dict
 from kamado.errors import ConfigError
 from kamado.faults import failpoint
+from kamado.model.loss import LossOutput
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback, truncate_jsonl
 from kamado.train.optim import build_optimizer, lr_at, set_lr
 from kamado.train.stability import StabilityMonitor, Verdict
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]  # (x, y) for pre-training; SFT adds segments, DPO has its own
 
 
 class BatchLoader(Protocol):
@@ -118,22 +119,31 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def lm_output(self, batch: tuple[torch.Tensor, ...], z_loss_coef: float = 0.0) -> LossOutput:
+        """The language-model loss of (x, y), or of packed sequences (x, y, segments) as SFT batches them."""
+        x, y, *segments = batch
+        return self.forward(x, y, z_loss_coef=z_loss_coef, segments=segments[0] if segments else None)
+
+    def objective(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to minimise on one micro-batch and its metrics; post-training trainers replace it (DPO)."""
+        out = self.lm_output(batch, z_loss_coef=self.cfg.train.z_loss)
+        return out.loss, {"loss": float(out.loss.detach()), "ce": float(out.ce), "z_loss": float(out.z_loss)}
+
+    def forward_backward(self, *batch: torch.Tensor) -> dict[str, float]:
+        batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
         with self.autocast():
-            out = self.forward(x, y, z_loss_coef=self.cfg.train.z_loss)
-        (out.loss / self.cfg.train.grad_accum).backward()
-        return {"loss": float(out.loss.detach()), "ce": float(out.ce), "z_loss": float(out.z_loss)}
+            loss, metrics = self.objective(batch)
+        (loss / self.cfg.train.grad_accum).backward()
+        return metrics
 
     def train_step(self) -> dict[str, Any]:
         lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
         set_lr(self.optimizer, lr)
         self.model.train()
-        sums = {"loss": 0.0, "ce": 0.0, "z_loss": 0.0}
+        sums: dict[str, float] = {}
         for _ in range(self.cfg.train.grad_accum):
-            x, y = self.loader.next_batch()
-            for k, v in self.forward_backward(x, y).items():
-                sums[k] += v / self.cfg.train.grad_accum
+            for k, v in self.forward_backward(*self.loader.next_batch()).items():
+                sums[k] = sums.get(k, 0.0) + v / self.cfg.train.grad_accum
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
@@ -145,9 +155,9 @@ class Trainer:
             return None
         self.model.eval()
         total, n = 0.0, 0
-        for x, y in self.val_batches():  # the factory decides how many batches (train.eval_batches per source)
+        for batch in self.val_batches():  # the factory decides how many batches (train.eval_batches per source)
             with self.autocast():
-                out = self.forward(x.to(self.device), y.to(self.device))
+                out = self.lm_output(tuple(t.to(self.device) for t in batch))
             total += float(out.ce) * out.num_tokens
             n += out.num_tokens
         if n == 0:

@@ -1,0 +1,152 @@
+"""SFT: assistant-only targets token by token, packing isolation, bad conversations counted, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kamado.errors import DataError
+from kamado.model.loss import IGNORE_INDEX
+from kamado.posttrain.sft import PackedConversations, encode_conversation, read_conversations
+
+from .conftest import small_model
+
+CONV = [
+    {"role": "system", "content": "短く答える。"},
+    {"role": "user", "content": "猫は何と鳴く？"},
+    {"role": "assistant", "content": "にゃあ。"},
+    {"role": "user", "content": "犬は？"},
+    {"role": "assistant", "content": "わん。"},
+]
+
+
+def test_only_the_assistant_turns_and_their_end_token_are_trained(tok):
+    enc = encode_conversation(tok, CONV)
+    assert enc.ids == tok.encode_chat(CONV, add_generation_prompt=False)
+    trained = tok.decode([i for i, ok in zip(enc.ids, enc.trained, strict=True) if ok])
+    assert trained == "にゃあ。<|im_end|>わん。<|im_end|>"
+    # written out by hand: the trained spans are exactly the answers' own tokens and one end-of-turn each
+    end = tok.token_id("<|im_end|>")
+    spans, cur = [], []
+    for i, ok in zip(enc.ids, enc.trained, strict=True):
+        if ok:
+            cur.append(i)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    assert spans == [[*tok.encode("にゃあ。"), end], [*tok.encode("わん。"), end]]
+    # the user's and system's text, the role markup and the newline after <|im_end|> are never trained
+    assert not enc.trained[-1] and tok.decode(enc.ids[-1:]) == "\n"
+
+
+def _write(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_bad_conversations_are_counted_and_skipped(tok, tmp_path):
+    good = {"messages": CONV}
+    bad = [
+        {"messages": [{"role": "user", "content": "こんにちは"}]},  # no assistant turn
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}]},  # empty answer
+        {"messages": [{"role": "robot", "content": "a"}, {"role": "assistant", "content": "b"}]},  # unknown role
+        {"messages": [{"role": "user", "content": "a" * 400}, {"role": "assistant", "content": "b"}]},  # too long
+        {"text": "no messages"},
+        {"messages": [{"role": "user"}, {"role": "assistant", "content": "b"}]},
+    ]
+    convs, skipped = read_conversations([_write(tmp_path / "d.jsonl", [good, *bad, good])], tok, 64)
+    assert len(convs) == 2
+    assert skipped == {
+        "no assistant turn": 1,
+        "empty assistant turn": 1,
+        "unknown role": 1,
+        "longer than the context (dropped)": 1,
+        "no messages list": 1,
+        "malformed message": 1,
+    }
+    with pytest.raises(DataError, match="no usable conversation"):
+        read_conversations([_write(tmp_path / "e.jsonl", bad)], tok, 64)
+
+
+def test_truncation_keeps_the_context_and_drops_what_has_nothing_trained(tok, tmp_path):
+    long_answer = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "猫" * 300}]}
+    long_prompt = {"messages": [{"role": "user", "content": "a" * 300}, {"role": "assistant", "content": "b"}]}
+    convs, skipped = read_conversations(
+        [_write(tmp_path / "t.jsonl", [long_answer, long_prompt])], tok, 32, overlong="truncate"
+    )
+    assert [len(c.ids) for c in convs] == [33]
+    assert skipped == {
+        "longer than the context (truncated, kept)": 1,
+        "longer than the context (nothing trained left after truncation)": 1,
+    }
+
+
+def _convs(tok, n: int):
+    convs = []
+    for i in range(n):
+        msgs = [
+            {"role": "user", "content": f"{i}たす{i}は？"},
+            {"role": "assistant", "content": f"{2 * i}です。" * (1 + i % 3)},
+        ]
+        convs.append(encode_conversation(tok, msgs))
+    return convs
+
+
+def test_a_packed_batch_gives_each_conversation_the_loss_it_has_alone(tok):
+    convs = _convs(tok, 7)
+    loader = PackedConversations(convs, seq_len=64, batch_size=2, seed=3)
+    x, y, seg = loader.next_batch()
+    assert (seg[:, 0] == 0).all() and (seg.max(1).values >= 1).all()  # several conversations in each row
+    model = small_model(tok.vocab_size).eval()
+    with torch.no_grad():
+        logits = model(x, segments=seg)
+        for b in range(2):
+            for s in seg[b].unique().tolist():
+                if s < 0:
+                    assert (y[b][seg[b] == s] == IGNORE_INDEX).all()  # padding is never scored
+                    continue
+                where = (seg[b] == s).nonzero()[:, 0]
+                ids = [*x[b, where].tolist(), 0]
+                alone = next(c for c in convs if c.ids[:-1] == ids[:-1])  # which conversation this segment is
+                want = torch.tensor(
+                    [t if ok else IGNORE_INDEX for t, ok in zip(alone.ids[1:], alone.trained[1:], strict=True)]
+                )
+                assert torch.equal(y[b, where], want)
+                solo = model(torch.tensor([alone.ids[:-1]]))[0]
+                torch.testing.assert_close(logits[b, where], solo, atol=1e-5, rtol=1e-5)
+
+
+def test_every_conversation_once_per_epoch_and_a_new_order_the_next(tok):
+    convs = _convs(tok, 9)
+    loader = PackedConversations(convs, seq_len=40, batch_size=1, seed=0)
+    rows = loader.rows_per_epoch()
+
+    def epoch_contents():
+        seen = []
+        for _ in range(rows):
+            x, _, seg = loader.next_batch()
+            for s in seg[0].unique().tolist():
+                if s >= 0:
+                    seen.append(tuple(x[0, seg[0] == s].tolist()))
+        return seen
+
+    first, second = epoch_contents(), epoch_contents()
+    assert sorted(first) == sorted(tuple(c.ids[:-1]) for c in convs)
+    assert sorted(second) == sorted(first) and second != first and loader.epoch == 1
+
+
+def test_loader_resumes_exactly_and_refuses_changed_data(tok):
+    convs = _convs(tok, 9)
+    a = PackedConversations(convs, seq_len=40, batch_size=2, seed=5)
+    for _ in range(4):
+        a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))
+    b = PackedConversations(convs, seq_len=40, batch_size=2, seed=5)
+    b.load_state_dict(state)
+    for _ in range(5):
+        assert all(torch.equal(p, q) for p, q in zip(a.next_batch(), b.next_batch(), strict=True))
+    with pytest.raises(DataError, match="SFT data changed"):
+        PackedConversations(convs[:-1], seq_len=40, batch_size=2, seed=5).load_state_dict(state)
