@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kamado.config_checks import AT_LEAST_ONE, Range, check_value
 from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
+from kamado.posttrain.commands import add_posttrain_parsers
 from kamado.serve.commands import add_serving_parsers
 from kamado.serve.commands_export import add_export_parsers
 
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serving_parsers(sub)  # chat, serve (kamado.serve.commands)
     add_export_parsers(sub)  # export hf|gguf, import hf (kamado.serve.commands_export)
+    add_posttrain_parsers(sub)  # sft, dpo (kamado.posttrain.commands)
     return p
 
 
@@ -234,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
-    if overrides and args.fn not in (cmd_run, cmd_train, cmd_params, cmd_corpus_run):
+    takes = getattr(args.fn, "accepts_overrides", False) or args.fn in (cmd_run, cmd_train, cmd_params, cmd_corpus_run)
+    if overrides and not takes:
         print(f"kamado: error: config overrides are not accepted by this command: {overrides}", file=sys.stderr)
         return 2
     try:

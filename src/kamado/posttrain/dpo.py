@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from kamado.errors import DataError
 from kamado.model.loss import IGNORE_INDEX
+from kamado.posttrain.config import DPOConfig
 from kamado.posttrain.sft import Encoded, check_messages, encode_conversation
 from kamado.tokenizer.tokenizer import Tokenizer
 from kamado.train.trainer import Trainer
@@ -131,6 +132,28 @@ def reference_logps(model: torch.nn.Module, pairs: list[dict[str, Any]], batch: 
         logps = sequence_logps(model(x), y, average).tolist()
         for j, p in enumerate(chunk):
             p["ref_chosen_logp"], p["ref_rejected_logp"] = logps[j], logps[len(chunk) + j]
+
+
+@torch.no_grad()
+def pair_metrics(
+    model: torch.nn.Module, pairs: list[dict[str, Any]], cfg: DPOConfig, batch: int = 8
+) -> dict[str, float]:
+    """Mean DPO loss, reward accuracy and reward margin of `model` on pairs with reference log-probs."""
+    model.eval()
+    losses, margins, right = [], [], []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        x, y = pair_batch(chunk)
+        logps = sequence_logps(model(x), y, average=cfg.loss_type == "ipo")
+        P = len(chunk)
+        ref_c = torch.tensor([p["ref_chosen_logp"] for p in chunk])
+        ref_r = torch.tensor([p["ref_rejected_logp"] for p in chunk])
+        loss, cr, rr = dpo_loss(logps[:P], logps[P:], ref_c, ref_r, cfg.beta, cfg.label_smoothing, cfg.loss_type)
+        losses += loss.tolist()
+        margins += (cr - rr).tolist()
+        right += (cr > rr).tolist()
+    n = max(1, len(losses))
+    return {"loss": sum(losses) / n, "reward_accuracy": sum(right) / n, "reward_margin": sum(margins) / n}
 
 
 class PairLoader:

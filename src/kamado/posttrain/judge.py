@@ -1,0 +1,115 @@
+"""Judges that score a model's answers for on-policy preference pairs.
+
+- `VerifiableJudge` (offline): prompts with a known answer (the jaster-style training prompts). The answer is
+  normalised as the evaluation normalises it (`kamado.eval.jaster.prompt.normalize_answer`); then a right answer
+  scores 1, and below it: for char-F1 tasks the answer's character F1 with the reference, for numeric answers (JSTS)
+  1 − |error| / range, for label tasks 0.5 when the answer is one of the task's labels (the right format, the wrong
+  label) and 0 when it is not (malformed). So a right label in the right format beats a wrong one, which beats
+  anything else.
+- `EndpointJudge`: any OpenAI-compatible chat endpoint asked to grade the answer from 1 to 10 in MT-Bench's
+  single-answer style ("Rating: [[N]]"); the key comes from an environment variable, never from a file. A verdict
+  that cannot be parsed scores None: the answer is left out of pairing (and counted), not given a made-up score.
+  An endpoint that cannot be reached or refuses the request stops the stage with a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from kamado.errors import ConfigError
+from kamado.posttrain.config import JudgeConfig
+
+
+class Judge(Protocol):
+    def score(self, record: Mapping[str, Any], answer: str) -> float | None: ...
+
+
+def _metrics() -> Any:
+    from kamado.eval.jaster import prompt  # the evaluation's normalisation and metrics, so training agrees with it
+
+    return prompt
+
+
+class VerifiableJudge:
+    def score(self, record: Mapping[str, Any], answer: str) -> float | None:
+        m = _metrics()
+        got, gold = m.normalize_answer(answer), m.normalize_answer(str(record["answer"]))
+        if got == gold:
+            return 1.0
+        metric = record.get("metric", "exact_match")
+        if metric == "char_f1":
+            return float(m.char_f1(got, gold))
+        if metric in ("pearson", "spearman"):
+            try:
+                return max(0.0, 1.0 - abs(float(got) - float(gold)) / 5.0)  # JSTS similarity is in [0, 5]
+            except ValueError:
+                return 0.0
+        labels = {m.normalize_answer(str(x)) for x in record.get("label_list") or ()}
+        return 0.5 if got in labels else 0.0
+
+
+GRADING_PROMPT = (
+    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
+    "assistant to the user question displayed below. The assistant should answer in Japanese. Consider "
+    "helpfulness, relevance, accuracy, depth and correctness. Be as objective as possible. After a short "
+    'explanation, rate the response on a scale of 1 to 10 by strictly following this format: "Rating: [[5]]".'
+    "\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+)
+RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+
+
+def parse_rating(text: str) -> float | None:
+    """The last "[[N]]" in a judge's reply, if it is a rating in [1, 10]."""
+    found = RATING.findall(text)
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 1 <= value <= 10 else None
+
+
+class EndpointJudge:
+    def __init__(self, cfg: JudgeConfig) -> None:
+        if not cfg.base_url or not cfg.model:
+            raise ConfigError("dpo.judge.kind = 'endpoint' needs dpo.judge.base_url and dpo.judge.model")
+        self.cfg = cfg
+        self.key = os.environ.get(cfg.api_key_env, "")
+
+    def score(self, record: Mapping[str, Any], answer: str) -> float | None:
+        question = "\n\n".join(m["content"] for m in record["messages"] if m["role"] == "user")
+        body = {
+            "model": self.cfg.model,
+            "messages": [{"role": "user", "content": GRADING_PROMPT.format(question=question, answer=answer)}],
+            "temperature": 0,
+            "max_tokens": 512,
+        }
+        url = self.cfg.base_url.rstrip("/") + "/chat/completions"
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {self.key}"} if self.key else {}),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            raise ConfigError(f"judge endpoint {url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            raise ConfigError(f"judge endpoint {url} cannot be reached ({getattr(e, 'reason', e)})") from None
+        try:
+            reply = json.loads(raw)["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return None  # not an OpenAI chat completion: no verdict
+        return parse_rating(str(reply))
+
+
+def make_judge(cfg: JudgeConfig) -> Judge:
+    return EndpointJudge(cfg) if cfg.kind == "endpoint" else VerifiableJudge()
