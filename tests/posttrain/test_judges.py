@@ -109,3 +109,21 @@ def test_on_policy_pairs_are_the_best_against_the_worst_with_ties_and_no_verdict
     assert again == pairs  # seeded: the same policy gives the same pairs
     fewer, _ = sample_pairs(model, tok, prompts, 1, _ChecksumJudge(), cfg, seed=4, progress=False)
     assert len(fewer) == 1
+
+
+def test_verifiable_judge_ranks_right_over_wrong_label_over_malformed():
+    from kamado.posttrain.judge import VerifiableJudge
+
+    judge = VerifiableJudge()
+    nli = {"answer": "entailment", "label_list": ["entailment", "contradiction", "neutral"], "metric": "exact_match"}
+    assert judge.score(nli, "entailment") == 1.0
+    assert judge.score(nli, "ｅｎｔａｉｌｍｅｎｔ") == 1.0  # NFKC, as the evaluation normalises
+    assert judge.score(nli, "entailment\n\nbecause ...") == 1.0  # cut at the first blank line
+    assert judge.score(nli, "neutral") == 0.5  # a label, the wrong one
+    assert judge.score(nli, "I think entailment") == 0.0  # not in the format
+    assert judge.score({"answer": "42", "metric": "exact_match"}, "41") == 0.0  # no labels: wrong is just wrong
+    qa = {"answer": "東京都", "metric": "char_f1"}
+    assert judge.score(qa, "東京都") == 1.0 and judge.score(qa, "大阪") == 0.0
+    assert judge.score(qa, "東京") == pytest.approx(0.8)  # 1 − (2 + 3 − 2·2) / 5
+    sts = {"answer": "4.0", "metric": "pearson"}
+    assert judge.score(sts, "3.0") == pytest.approx(0.8) and judge.score(sts, "とても似ている") == 0.0

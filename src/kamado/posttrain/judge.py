@@ -1,11 +1,10 @@
 """Judges that score a model's answers for on-policy preference pairs.
 
-- `VerifiableJudge` (offline): prompts with a known answer (the jaster-style training prompts). The answer is
-  normalised as the evaluation normalises it (`kamado.eval.jaster.prompt.normalize_answer`); then a right answer
-  scores 1, and below it: for char-F1 tasks the answer's character F1 with the reference, for numeric answers (JSTS)
-  1 − |error| / range, for label tasks 0.5 when the answer is one of the task's labels (the right format, the wrong
-  label) and 0 when it is not (malformed). So a right label in the right format beats a wrong one, which beats
-  anything else.
+- `VerifiableJudge` (offline): prompts with a known answer (the jaster-style training prompts), scored as the
+  evaluation scores one answer (`kamado.eval.jaster.metrics.sample_score`: normalised exact match, char F1, or for
+  JSTS 1 − |error| / 5). Below a right exact-match answer (1), an answer that is one of the task's labels — the right
+  format, the wrong label — scores 0.5 and anything else 0 (malformed). So a right label in the right format beats
+  a wrong one, which beats anything else.
 - `EndpointJudge`: any OpenAI-compatible chat endpoint asked to grade the answer from 1 to 10 in MT-Bench's
   single-answer style ("Rating: [[N]]"); the key comes from an environment variable, never from a file. A verdict
   that cannot be parsed scores None: the answer is left out of pairing (and counted), not given a made-up score.
@@ -23,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from kamado.errors import ConfigError
+from kamado.eval.jaster.metrics import normalize, normalize_answer, sample_score
 from kamado.posttrain.config import JudgeConfig
 
 
@@ -30,28 +30,14 @@ class Judge(Protocol):
     def score(self, record: Mapping[str, Any], answer: str) -> float | None: ...
 
 
-def _metrics() -> Any:
-    from kamado.eval.jaster import prompt  # the evaluation's normalisation and metrics, so training agrees with it
-
-    return prompt
-
-
 class VerifiableJudge:
     def score(self, record: Mapping[str, Any], answer: str) -> float | None:
-        m = _metrics()
-        got, gold = m.normalize_answer(answer), m.normalize_answer(str(record["answer"]))
-        if got == gold:
-            return 1.0
         metric = record.get("metric", "exact_match")
-        if metric == "char_f1":
-            return float(m.char_f1(got, gold))
-        if metric in ("pearson", "spearman"):
-            try:
-                return max(0.0, 1.0 - abs(float(got) - float(gold)) / 5.0)  # JSTS similarity is in [0, 5]
-            except ValueError:
-                return 0.0
-        labels = {m.normalize_answer(str(x)) for x in record.get("label_list") or ()}
-        return 0.5 if got in labels else 0.0
+        value = sample_score(metric, answer, str(record["answer"]))
+        if metric != "exact_match" or value == 1.0:
+            return value
+        labels = {normalize(str(x)) for x in record.get("label_list") or ()}
+        return 0.5 if normalize_answer(answer) in labels else 0.0
 
 
 GRADING_PROMPT = (
