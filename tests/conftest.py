@@ -1,6 +1,10 @@
 """Shared by the whole suite: the overrides that shrink the tiny recipe to a seconds-long end-to-end run."""
 
+from pathlib import Path
+
 import pytest
+
+MICRO_DATA = Path(__file__).parent / "recipe" / "posttrain_micro"
 
 # Every stage of `kamado run recipes/tiny.toml` stays (web corpus, tokenizer, shards, two data phases, training with
 # checkpoints and evaluations, bits/char, generation, report); only the sizes shrink.
@@ -20,9 +24,34 @@ SHRINK = [
     "--train.peak_flops=1e11",
     "--checkpoint.every=4",
     "--generate.max_new_tokens=8",
+    "--sft.data=[]",  # no post-training stages (POSTTRAIN_MICRO turns them on with data that fits 64 tokens)
+]
+
+# The post-training stages shrunk the same way: short synthetic conversations and pairs (tests/recipe/posttrain_micro).
+POSTTRAIN_MICRO = [
+    f'--sft.data=["{MICRO_DATA / "sft.jsonl"}"]',
+    "--sft.train.steps=4",
+    "--sft.train.batch_size=2",
+    "--sft.train.seq_len=64",
+    f'--dpo.pairs=["{MICRO_DATA / "pairs.jsonl"}"]',
+    f'--dpo.prompts=["{MICRO_DATA / "prompts.jsonl"}"]',
+    "--dpo.pairs_per_round=6",
+    "--dpo.samples_per_prompt=3",
+    "--dpo.max_new_tokens=4",
+    "--dpo.train.steps=2",
+    "--dpo.train.batch_size=2",
+    "--dpo.train.seq_len=64",
+    f'--heldout.test=["{MICRO_DATA / "test.jsonl"}"]',
+    "--heldout.per_task=5",
+    "--heldout.max_new_tokens=4",
 ]
 
 
 @pytest.fixture(scope="session")
 def shrink_args() -> list[str]:
     return list(SHRINK)
+
+
+@pytest.fixture(scope="session")
+def posttrain_args() -> list[str]:
+    return list(POSTTRAIN_MICRO)

@@ -29,7 +29,7 @@ from kamado.config_io import apply_overrides, from_dict, load_toml
 from kamado.config_io import to_dict as to_dict  # re-exported: the loading functions are imported from here too
 from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
-from kamado.posttrain.config import DPOConfig, SFTConfig
+from kamado.posttrain.config import DPOConfig, HeldoutConfig, MergeConfig, SFTConfig
 
 
 @dataclass
@@ -271,11 +271,22 @@ class RunConfig:
     corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)  # post-training stages (`kamado.posttrain`)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
 
     def validate(self) -> None:
         """Every section, what spans sections, then every number in the tree finite (`load_config` calls it)."""
         sections = (self.model, self.tokenizer, self.data, self.optim, self.schedule, self.train, self.stability)
-        for section in (*sections, self.checkpoint, self.generate, self.corpus, self.sft, self.dpo):
+        for section in (
+            *sections,
+            self.checkpoint,
+            self.generate,
+            self.corpus,
+            self.sft,
+            self.dpo,
+            self.merge,
+            self.heldout,
+        ):
             section.validate()
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(

@@ -32,7 +32,8 @@ def losses(run: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args):
+def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args, posttrain_args):
+    shrink_args = shrink_args + posttrain_args  # every stage, post-training included
     full = tmp_path / "full"
     p = kamado_run(full, 24, shrink_args)
     out = p.communicate(timeout=600)[0].decode()
@@ -58,6 +59,19 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args):
     assert (full / "export" / "hf" / "config.json").is_file() and (full / "export" / "model.gguf").is_file()
     report = (full / "report.md").read_text()
     assert "bits per character" in report and "loss.png" in report and "## Web corpus" in report
+    # post-training: SFT -> 2 DPO rounds -> merge -> the held-out table, each stage a run folder that loads
+    assert {"sft", "dpo", "merge", "post-training eval"} <= set(summary["stage_seconds"])
+    post = summary["posttrain"]
+    assert post["sft"]["step"] == 4 and post["sft"]["data"]["conversations"] == 30
+    assert [r["round"] for r in post["dpo"]] == [1, 2]
+    assert all(r["pairs"]["on_policy"] + r["pairs"]["off_policy"] >= 1 for r in post["dpo"])
+    names = list(post["heldout"])
+    assert names[:4] == ["pre-trained", "SFT", "DPO round 1", "DPO round 2"] and names[4].startswith("merged (slerp")
+    for rows in post["heldout"].values():
+        assert rows[0]["task"] == "compare" and rows[0]["n"] == 5 and rows[0]["chance"] == 0.5
+    for stage in ("sft", "dpo/round_1", "dpo/round_2", "merged"):
+        assert (full / stage / "tokenizer" / "tokenizer.json").is_file(), stage
+    assert "## Post-training" in report and "| compare | exact_match | 5 |" in report
     seq = losses(full)
     assert sorted(seq) == list(range(1, 25))
     phases = [json.loads(x).get("phase") for x in (full / "metrics.jsonl").read_text().splitlines()]

@@ -95,6 +95,32 @@ class DPOConfig:
         self.train.validate("dpo.train")
 
 
+@dataclass
+class MergeConfig:
+    """The recipe's merge stage: the SFT model and the last DPO round's policy (`kamado merge` for any others)."""
+
+    method: str = ""  # "" = no merge stage; else a `kamado merge --method` (linear, slerp, ...)
+    t: float = 0.5  # slerp: 0 = the SFT model, 1 = the DPO policy
+    weights: list[float] = field(default_factory=list)  # linear / task arithmetic: per model (SFT, DPO)
+    density: float = 1.0  # ties / dare
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_fields(self, "merge", t=FRACTION, density=Range(0, 1, lo_open=True), seed=NON_NEGATIVE)
+
+
+@dataclass
+class HeldoutConfig:
+    """The recipe's post-training table: every stage's model on held-out test prompts (`kamado.posttrain.heldout`)."""
+
+    test: list[str] = field(default_factory=list)  # test-split prompts JSONL (samples/posttrain/test.jsonl)
+    per_task: int = 20  # at most this many prompts per task (the first ones, as written)
+    max_new_tokens: int = 16
+
+    def validate(self) -> None:
+        check_fields(self, "heldout", per_task=AT_LEAST_ONE, max_new_tokens=AT_LEAST_ONE)
+
+
 def stage_run_config(cfg: RunConfig, stage: StageTrainConfig, out_dir: str, model_cfg: ModelConfig) -> RunConfig:
     """A copy of the run config `cfg` for one post-training stage: its model (from the checkpoint it starts
     from), its own out_dir and the stage's trainer settings (constant LR after a linear warm-up, then a cosine

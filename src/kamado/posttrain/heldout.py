@@ -55,7 +55,7 @@ def heldout_scores(
     by_task: dict[str, list[tuple[Mapping[str, Any], str]]] = defaultdict(list)
     for r, a in zip(records, answers, strict=True):
         by_task[str(r.get("task", "?"))].append((r, a))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for task, items in sorted(by_task.items()):
         metric = items[0][0].get("metric", "exact_match")
         golds = [str(r["answer"]) for r, _ in items]

@@ -90,4 +90,4 @@ def sample_pairs(
                 bar.update(task, completed=len(pairs))
                 if len(pairs) >= n_pairs:
                     break
-    return pairs, counts
+    return pairs, +counts  # (unary + drops the reasons that never happened)

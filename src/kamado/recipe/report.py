@@ -111,6 +111,10 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
     parts += ["## Stability", "", f"{len(events)} event(s) (skipped updates / rollbacks); see events.jsonl.", ""]
     if s.get("serve_rows"):
         parts += ["## Serving", "", markdown_table(s["serve_rows"]), ""]
+    if s.get("posttrain"):
+        from kamado.recipe.posttrain import posttrain_section
+
+        parts += posttrain_section(s["posttrain"])
     if s.get("samples"):
         parts += ["## Samples", ""]
         for prompt, text in s["samples"]:
