@@ -6,16 +6,19 @@ them are skipped in a clone without it. The metric and prompt tests use hand-wor
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kamado.errors import DataError
 from kamado.eval.jaster import TASK_NAMES, TASKS, Sample, Task, load_task
 from kamado.eval.jaster.metrics import (
+    _average_ranks,
     char_f1,
     exact_match,
     lcs_length,
@@ -134,10 +137,16 @@ def test_inputs_are_built_as_v13_builds_them(loaded: dict) -> None:
     squad = loaded["jsquad"].test[0]
     assert squad.input.startswith("文章：梅雨 [SEP] 梅雨（つゆ、ばいう）は")
     assert squad.input.endswith("\n質問：日本で梅雨がないのは北海道とどこか。") and squad.output == "小笠原諸島"
+    raw = json.loads((BENCHMARKS / "jglue/jsquad-v1.3/valid-v1.3.json").read_text(encoding="utf-8"))
+    firsts = [qa["answers"][0]["text"] for a in raw["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    assert [s.output for s in loaded["jsquad"].test] == firsts  # the first of the annotated answers
     niilc = {s.input: s.output for s in loaded["niilc"].train + loaded["niilc"].dev}
     assert niilc["質問：ワールドカップは何年に一度開催されるの？"] == "4年"
-    assert any("," in o for o in niilc.values())  # several answers joined by ','
-    assert not any(o.endswith((" ", "\u3000")) or ",," in o for o in niilc.values())  # stripped, empties skipped
+    # several answers joined by ','; each stripped (the XML has '玉将 ', 'コッポラ\u3000'); empty ones skipped
+    assert niilc["質問：将棋の駒にはどのような種類の駒があるか？"] == "玉将,王将,飛車,角行,金将,銀将,桂馬,香車,歩兵"
+    assert niilc["質問：焼き物で有名な市は？"] == "瀬戸,有田,信楽"
+    assert niilc["質問：映画「ゴッドファーザー」の監督は？"] == "フランシス・フォード・コッポラ"
+    assert not any(",," in o or o.endswith(",") for o in niilc.values())
     mawps = loaded["mawps"]
     assert mawps.train[0] == Sample(
         "問題：佐藤は16個の青い風船、鈴木は11個の青い風船、高橋は99個の青い風船を持っています。"
@@ -305,6 +314,7 @@ def test_pearson_and_spearman() -> None:
     # ties share their mean rank: preds 1, 1, 2, 3 → ranks 1.5, 1.5, 3, 4 against 1..4 → ρ = 3 / √10
     assert spearman(["1", "1", "2", "3"], ["1.0", "2.0", "3.0", "4.0"]) == pytest.approx(3 / math.sqrt(10))
     assert spearman(["5", "1", "3"], ["1.0", "2.0", "3.0"]) == pytest.approx(-0.5)
+    assert _average_ranks(np.array([30.0, 10.0, 20.0, 20.0])).tolist() == [4.0, 1.0, 2.5, 2.5]
 
 
 def test_sample_score_per_metric() -> None:

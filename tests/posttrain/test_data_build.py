@@ -197,7 +197,8 @@ def _judgment(qid: int, g1: Any, g2: Any = "absent", **extra: Any) -> dict[str, 
 
 def test_pair_rules_count_every_judgment(tmp_path: Path) -> None:
     base = tmp_path / "ja_vicuna_qa"
-    _write_jsonl(base / "question.jsonl", [{"question_id": q, "turns": [f"質問{q}"]} for q in range(1, 6)])
+    questions = [{"question_id": q, "turns": [f"質問{q}" + "\n" * (q == 1)]} for q in range(1, 6)]
+    _write_jsonl(base / "question.jsonl", questions)
     answers = {"m1": {1: "A1", 2: "A2", 3: "  ", 4: "A4"}, "m2": {1: " B1\n", 2: "B2", 3: "B3", 4: "B4"}}
     for model, by_q in answers.items():
         recs = [{"question_id": q, "model_id": model, "choices": [{"turns": [t]}]} for q, t in by_q.items()]
@@ -239,7 +240,7 @@ def test_pair_rules_count_every_judgment(tmp_path: Path) -> None:
         "model_answer/m2/results.jsonl: not a JSON object": 1,
     }
     assert pairs[0] == {
-        "prompt": [{"role": "user", "content": "質問1"}],
+        "prompt": [{"role": "user", "content": "質問1\n"}],  # the question verbatim
         "chosen": "B1",  # stripped
         "rejected": "A1",
         "source": "ja_vicuna_qa",
