@@ -150,3 +150,30 @@ def test_loader_resumes_exactly_and_refuses_changed_data(tok):
         assert all(torch.equal(p, q) for p, q in zip(a.next_batch(), b.next_batch(), strict=True))
     with pytest.raises(DataError, match="SFT data changed"):
         PackedConversations(convs[:-1], seq_len=40, batch_size=2, seed=5).load_state_dict(state)
+
+
+def test_the_trainer_scores_a_packed_batch_as_its_conversations_alone(tok, tmp_path):
+    """The trainer hands the segments to the model: its loss on a packed batch is the token-weighted loss of the
+    conversations each run on its own."""
+    from kamado.config import RunConfig
+    from kamado.train.trainer import Trainer
+
+    convs = _convs(tok, 6)
+    loader = PackedConversations(convs, seq_len=64, batch_size=2, seed=1)
+    model = small_model(tok.vocab_size)
+    cfg = RunConfig(out_dir=str(tmp_path / "sft"))
+    cfg.model, cfg.train.dtype, cfg.train.z_loss = model.cfg, "fp32", 0.0
+    trainer = Trainer(cfg, model, loader, cfg.out_dir)
+    x, y, seg = loader.next_batch()
+    with torch.no_grad():
+        _, got = trainer.objective((x, y, seg))
+        total, count = 0.0, 0
+        for b in range(2):
+            for s in seg[b].unique().tolist():
+                if s >= 0:
+                    where = seg[b] == s
+                    ys = y[b][where][None]
+                    n = int((ys != IGNORE_INDEX).sum())
+                    total += float(model(x[b][where][None], ys).ce) * n
+                    count += n
+    assert got["ce"] == pytest.approx(total / count, rel=1e-5)
