@@ -26,6 +26,8 @@ from pathlib import Path
 from kamado.config_checks import AT_LEAST_ONE, Range, check_value
 from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
 from kamado.posttrain.commands import add_posttrain_parsers
+from kamado.posttrain.commands_data import add_posttrain_data_parser
+from kamado.posttrain.commands_merge import add_merge_parsers
 from kamado.serve.commands import add_serving_parsers
 from kamado.serve.commands_export import add_export_parsers
 
@@ -229,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serving_parsers(sub)  # chat, serve (kamado.serve.commands)
     add_export_parsers(sub)  # export hf|gguf, import hf (kamado.serve.commands_export)
     add_posttrain_parsers(sub)  # sft, dpo (kamado.posttrain.commands)
+    add_merge_parsers(sub)  # merge (kamado.posttrain.commands_merge)
+    add_posttrain_data_parser(sub)  # posttrain-data (kamado.posttrain.commands_data)
     return p
 
 
