@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kamado.data.jsonl import iter_records
 from kamado.errors import DataError
 from kamado.eval.jaster import TASK_NAMES, TASKS, load_task
 from kamado.eval.jaster.metrics import sample_score
@@ -29,7 +30,8 @@ FILES = ("sft.jsonl", "prompts.jsonl", "test.jsonl", "pairs.jsonl")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """Through kamado's own JSONL reader, as the SFT and DPO stages read these files (.jsonl or .jsonl.gz)."""
+    return [record for _, record in iter_records(path, text_field=None)]
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +151,9 @@ def test_limits_are_a_seeded_draw_in_task_order(bench, tasks, tmp_path) -> None:
     build_posttrain_data(bench, tmp_path / "b", per_task_limit=5, seed=1, test_limit=3)
     c = build_posttrain_data(bench, tmp_path / "c", per_task_limit=5, seed=2, test_limit=3, compress=True)
     assert (tmp_path / "a/sft.jsonl").read_bytes() == (tmp_path / "b/sft.jsonl").read_bytes()
-    assert a["files"]["sft.jsonl"]["sha256"] != c["files"]["sft.jsonl.gz"]["sha256"]
-    sft = read_jsonl(tmp_path / "a/sft.jsonl")
+    sft, other = read_jsonl(tmp_path / "a/sft.jsonl"), read_jsonl(tmp_path / "c/sft.jsonl.gz")
+    assert a["files"]["sft.jsonl"]["lines"] == c["files"]["sft.jsonl.gz"]["lines"] == len(other)
+    assert {r["messages"][1]["content"] for r in sft} != {r["messages"][1]["content"] for r in other}  # seed
     assert Counter(r["task"] for r in sft) == {n: min(5, len(d.train)) for n, d in tasks.items() if d.train}
     order = {s.input: i for i, s in enumerate(tasks["jsick"].train)}
     picked = [order[r["messages"][1]["content"]] for r in sft if r["task"] == "jsick"]
