@@ -9,9 +9,9 @@ and read one tensor at a time (merged in float32, written in the inputs' dtype),
 too. A safetensors file is an 8-byte header length, a JSON header of names, dtypes, shapes and byte offsets, then
 the raw bytes in that order; every offset is known from the inputs' headers before the first tensor is merged, so
 the header is written first and each merged tensor appended as it is made (`safetensors.torch.save_file` would need
-the whole output model in memory). bench/merge_memory.py measures it: 1.1 (linear) to 3.6 (TIES) copies of the
-largest float32 tensor at the peak, besides the input files' pages that safe_open maps (page cache the kernel can
-drop).
+the whole output model in memory). bench/merge_memory.py measures it: at the peak, 1.1 (slerp, linear) to 3.7
+(dare_ties) float32 copies of the largest tensor, besides the input files' pages that safe_open maps (page cache
+the kernel can drop).
 
 The output is a run folder laid out like one `kamado import hf` writes, so `kamado generate|chat|serve|export OUT`
 and `load_model(OUT)` read it as they read a trained run:
