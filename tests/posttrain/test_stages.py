@@ -133,3 +133,25 @@ def test_missing_inputs_are_one_clear_error(base, capsys):
         run_sft(cfg, tmp / "x", progress=False)
     assert main(["dpo", str(tmp / "missing.toml")]) == 2
     assert "missing.toml" in capsys.readouterr().err
+
+
+def test_the_recipe_merges_sft_with_the_last_round_or_the_rounds_over_sft(base):
+    from kamado.recipe.posttrain import _merge
+
+    cfg, tmp = base
+    run_sft(cfg, tmp / "sft", progress=False)
+    cfg.dpo.init = str(tmp / "sft")
+    run_dpo(cfg, tmp / "dpo", progress=False)
+    sft, _ = load_model(tmp / "sft")
+    r1, _ = load_model(tmp / "dpo/round_1")
+    r2, _ = load_model(tmp / "dpo/round_2")
+    rounds = [tmp / "dpo/round_1", tmp / "dpo/round_2"]
+    cfg.merge.method = "task_arithmetic"
+    merged, _ = load_model(_merge(cfg, tmp, rounds))
+    name = "layers.0.attn.qkv_proj.weight"
+    s, a, b = (m.state_dict()[name] for m in (sft, r1, r2))
+    torch.testing.assert_close(merged.state_dict()[name], s + (a - s) + (b - s), atol=1e-6, rtol=1e-5)
+    cfg.merge.method = "linear"
+    (tmp / "merged").rename(tmp / "merged_ta")
+    merged, _ = load_model(_merge(cfg, tmp, rounds))
+    torch.testing.assert_close(merged.state_dict()[name], (s + b) / 2, atol=1e-6, rtol=1e-5)

@@ -39,14 +39,18 @@ def _resolved(cfg: RunConfig, base: Path, run_dir: Path) -> RunConfig:
     return cfg
 
 
-def _merge(cfg: RunConfig, run_dir: Path, last_round: Path) -> Path:
+def _merge(cfg: RunConfig, run_dir: Path, rounds: list[Path]) -> Path:
+    """linear / slerp: the SFT model and the last DPO round's policy. Methods on task vectors (task arithmetic,
+    TIES, DARE, Model Stock): the DPO rounds' policies as task vectors from the SFT model (the base)."""
     out = run_dir / "merged"
     if not find_done(out):
         m = cfg.merge
+        pair = m.method in ("linear", "slerp")
         spec = MergeSpec(
             method=m.method,
-            models=(str(run_dir / "sft"), str(last_round)),
-            weights=tuple(m.weights) or None,
+            models=(str(run_dir / "sft"), str(rounds[-1])) if pair else tuple(map(str, rounds)),
+            base=None if pair else str(run_dir / "sft"),
+            weights=tuple(m.weights) if m.weights and m.method != "slerp" else None,
             t=m.t if m.method == "slerp" else None,
             density=m.density if m.method in ("ties", "dare_linear", "dare_ties") else None,
             seed=m.seed if m.method.startswith("dare") else None,
@@ -92,8 +96,10 @@ def posttrain_stages(cfg: RunConfig, base: Path, run_dir: Path, run: Run) -> dic
         out["dpo"] = run("dpo", lambda: run_dpo(cfg, run_dir / "dpo"))
         models += [(f"DPO round {r['round']}", run_dir / "dpo" / f"round_{r['round']}") for r in out["dpo"]]
         if cfg.merge.method:
-            merged = run("merge", lambda: _merge(cfg, run_dir, models[-1][1]))
-            models.append((f"merged ({cfg.merge.method}: SFT + last DPO round)", merged))
+            rounds = [path for name, path in models if name.startswith("DPO")]
+            merged = run("merge", lambda: _merge(cfg, run_dir, rounds))
+            what = "SFT + last DPO round" if cfg.merge.method in ("linear", "slerp") else "DPO rounds over SFT"
+            models.append((f"merged ({cfg.merge.method}: {what})", merged))
     if cfg.heldout.test:
         out["heldout"] = run("post-training eval", lambda: _scores(cfg, run_dir, models))
     return out
