@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 MICRO_DATA = Path(__file__).parent / "recipe" / "posttrain_micro"
+BENCHMARKS = (Path(__file__).parents[1] / "../shared/data/benchmarks").resolve()  # the raw benchmark files (CI)
 
 # Every stage of `kamado run recipes/tiny.toml` stays (web corpus, tokenizer, shards, two data phases, training with
 # checkpoints and evaluations, bits/char, generation, report); only the sizes shrink.
@@ -55,3 +56,11 @@ def shrink_args() -> list[str]:
 @pytest.fixture(scope="session")
 def posttrain_args() -> list[str]:
     return list(POSTTRAIN_MICRO)
+
+
+@pytest.fixture(scope="session")
+def bench() -> Path:
+    """The shared folder's raw benchmark files; tests that need them skip on a clone without ../shared."""
+    if not (BENCHMARKS / "SOURCES.md").is_file():
+        pytest.skip(f"real benchmark files not found at {BENCHMARKS} (they live in the shared folder)")
+    return BENCHMARKS

@@ -51,13 +51,6 @@ V13_SIZES = {
 
 
 @pytest.fixture(scope="module")
-def bench() -> Path:
-    if not (BENCHMARKS / "SOURCES.md").is_file():
-        pytest.skip(f"real benchmark files not found at {BENCHMARKS} (they live in the shared folder)")
-    return BENCHMARKS
-
-
-@pytest.fixture(scope="module")
 def loaded(bench: Path) -> dict:
     return {name: load_task(name, bench) for name in TASK_NAMES}
 

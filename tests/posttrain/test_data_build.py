@@ -35,13 +35,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def bench() -> Path:
-    if not (BENCHMARKS / "SOURCES.md").is_file():
-        pytest.skip(f"real benchmark files not found at {BENCHMARKS} (they live in the shared folder)")
-    return BENCHMARKS
-
-
-@pytest.fixture(scope="module")
 def full(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("posttrain_full")
     return out, build_posttrain_data(bench, out)
