@@ -4,6 +4,7 @@ kill, the pairs of a round written once, a round's reference and starting policy
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,29 @@ def test_the_recipe_merges_sft_with_the_last_round_or_the_rounds_over_sft(base):
     (tmp / "merged").rename(tmp / "merged_ta")
     merged, _ = load_model(_merge(cfg, tmp, rounds))
     torch.testing.assert_close(merged.state_dict()[name], (s + b) / 2, atol=1e-6, rtol=1e-5)
+
+
+def test_the_commands_read_data_paths_relative_to_the_config_file(base, capsys, monkeypatch, tmp_path):
+    cfg, tmp = base
+    conf = tmp / "conf"
+    conf.mkdir()
+    (conf / "sft.jsonl").write_bytes(Path(cfg.sft.data[0]).read_bytes())
+    (conf / "pairs.jsonl").write_bytes(Path(cfg.dpo.pairs[0]).read_bytes())
+    m = cfg.model
+    (conf / "post.toml").write_text(
+        f'out_dir = "{tmp / "cli"}"\n'
+        f"[model]\nvocab_size = {m.vocab_size}\nd_model = {m.d_model}\nn_layers = {m.n_layers}\n"
+        f"n_heads = {m.n_heads}\nn_kv_heads = {m.n_kv_heads}\nffn_hidden = {m.ffn_hidden}\n"
+        f"max_seq_len = {m.max_seq_len}\n"
+        f'[data]\nseq_len = 64\n[train]\npeak_flops = 1e9\ndtype = "fp32"\n'
+        f'[sft]\ninit = "{cfg.sft.init}"\ndata = ["sft.jsonl"]\n[sft.train]\nsteps = 2\nbatch_size = 2\nseq_len = 64\n'
+        f'[dpo]\npairs = ["pairs.jsonl"]\nrounds = 1\npairs_per_round = 2\non_policy_fraction = 0.0\n'
+        f"[dpo.train]\nsteps = 1\nbatch_size = 1\nseq_len = 64\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path.parent)  # not the config's folder: the paths must still resolve
+    assert main(["sft", str(conf / "post.toml"), "--no-progress"]) == 0
+    assert "SFT finished at step 2" in capsys.readouterr().out
+    assert main(["dpo", str(conf / "post.toml"), f"--dpo.init={tmp / 'cli' / 'sft'}", "--no-progress"]) == 0
+    assert re.search(r"round 1: 0 on-policy \+ [12] off-policy pairs", capsys.readouterr().out)  # 1: a refused pair
+    assert find_checkpoint(tmp / "cli" / "dpo" / "round_1").name == "step_00000001"

@@ -8,7 +8,8 @@ from typing import Any
 
 SFT_HELP = """Supervised fine-tuning on OpenAI `messages` JSONL, loss on the assistant turns only, conversations packed
 without attention or position leaking between them. The config's [sft] section says where to start and what to
-read; its [sft.train] table the steps, batch, learning rate and context. Resumes after a kill.
+read (paths relative to the config file, as `kamado run` reads a recipe); its [sft.train] table the steps, batch,
+learning rate and context. Resumes after a kill.
 
 example:
   kamado sft recipes/tiny.toml --sft.init=runs/tiny --sft.data='["samples/posttrain/sft.jsonl.gz"]'
@@ -19,7 +20,8 @@ data (one line):
 DPO_HELP = """Rounds of Direct Preference Optimization. Each round draws dpo.pairs_per_round pairs: a share
 dpo.on_policy_fraction sampled from the current policy (dpo.samples_per_prompt answers to each prompt of
 dpo.prompts, judged, best against worst) and the rest from the off-policy pairs of dpo.pairs. Round k+1 starts from
-round k's policy; the reference is the SFT model or the previous policy (dpo.reference). Resumes after a kill.
+round k's policy; the reference is the SFT model or the previous policy (dpo.reference). Data paths are relative
+to the config file. Resumes after a kill.
 
 example:
   kamado dpo recipes/tiny.toml --dpo.init=runs/tiny/sft --dpo.rounds=2
@@ -33,9 +35,10 @@ prompt with a known answer (verifiable judge; one line):
 
 def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.config import load_config
+    from kamado.posttrain.config import with_paths_from
     from kamado.posttrain.stages import run_sft
 
-    cfg = load_config(args.config, overrides)
+    cfg = with_paths_from(load_config(args.config, overrides), Path(args.config).resolve().parent)
     out = Path(args.out or Path(cfg.out_dir) / "sft")
     args.out = out
     result = run_sft(cfg, out, progress=not args.no_progress)
@@ -44,9 +47,10 @@ def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def cmd_dpo(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.config import load_config
+    from kamado.posttrain.config import with_paths_from
     from kamado.posttrain.stages import run_dpo
 
-    cfg = load_config(args.config, overrides)
+    cfg = with_paths_from(load_config(args.config, overrides), Path(args.config).resolve().parent)
     out = Path(args.out or Path(cfg.out_dir) / "dpo")
     args.out = out
     for r in run_dpo(cfg, out, progress=not args.no_progress):

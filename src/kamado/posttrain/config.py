@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kamado.config_checks import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_choice, check_fields
@@ -119,6 +120,19 @@ class HeldoutConfig:
 
     def validate(self) -> None:
         check_fields(self, "heldout", per_task=AT_LEAST_ONE, max_new_tokens=AT_LEAST_ONE)
+
+
+def with_paths_from(cfg: RunConfig, base: Path) -> RunConfig:
+    """A copy whose post-training data paths are relative to `base` (the config file's folder), as `kamado run`
+    reads a recipe's paths; absolute paths stay as they are."""
+    cfg = copy.deepcopy(cfg)
+
+    def res(paths: list[str]) -> list[str]:
+        return [str(p if (p := Path(x)).is_absolute() else (base / p).resolve()) for x in paths]
+
+    cfg.sft.data, cfg.sft.val_data = res(cfg.sft.data), res(cfg.sft.val_data)
+    cfg.dpo.pairs, cfg.dpo.prompts, cfg.heldout.test = res(cfg.dpo.pairs), res(cfg.dpo.prompts), res(cfg.heldout.test)
+    return cfg
 
 
 def stage_run_config(cfg: RunConfig, stage: StageTrainConfig, out_dir: str, model_cfg: ModelConfig) -> RunConfig:

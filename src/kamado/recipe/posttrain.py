@@ -7,7 +7,6 @@ in `posttrain_eval.json`, so a rerun scores only what it has not scored yet).
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from kamado.atomic import atomic_write_text
 from kamado.config import RunConfig
 from kamado.data.jsonl import iter_records
 from kamado.errors import CheckpointError
+from kamado.posttrain.config import with_paths_from
 from kamado.posttrain.heldout import heldout_scores
 from kamado.posttrain.merge import merge_checkpoints
 from kamado.posttrain.merge_methods import MergeSpec
@@ -29,10 +29,7 @@ Run = Callable[[str, Callable[[], Any]], Any]
 
 def _resolved(cfg: RunConfig, base: Path, run_dir: Path) -> RunConfig:
     """A copy whose data paths are relative to the recipe file and whose stages start from this run's models."""
-    cfg = copy.deepcopy(cfg)
-    res = lambda xs: [str(p if (p := Path(x)).is_absolute() else (base / p).resolve()) for x in xs]  # noqa: E731
-    cfg.sft.data, cfg.sft.val_data = res(cfg.sft.data), res(cfg.sft.val_data)
-    cfg.dpo.pairs, cfg.dpo.prompts, cfg.heldout.test = res(cfg.dpo.pairs), res(cfg.dpo.prompts), res(cfg.heldout.test)
+    cfg = with_paths_from(cfg, base)
     cfg.sft.init = cfg.sft.init or str(run_dir)
     cfg.dpo.init = cfg.dpo.init or str(run_dir / "sft")
     cfg.tokenizer.path = cfg.tokenizer.path or str(run_dir / "tokenizer")
