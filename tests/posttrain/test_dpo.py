@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kamado.config import RunConfig
+from kamado.errors import DataError
 from kamado.model.loss import IGNORE_INDEX
 from kamado.posttrain.dpo import (
     DPOTrainer,
@@ -178,3 +179,25 @@ def test_dpo_resumes_exactly_after_a_kill(tok, tmp_path):
     assert loader.index != 0 or loader.epoch > 0
     for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_pair_loader_resumes_exactly_and_refuses_other_pairs(tok):
+    pairs = _pairs(tok)
+    reference_logps(small_model(tok.vocab_size), pairs)
+    a = PairLoader(pairs, 5, seed=2)
+    for _ in range(3):  # 15 of 12 pairs: into the second epoch
+        a.next_batch()
+    state = a.state_dict()
+    b = PairLoader(pairs, 5, seed=2)
+    b.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, q in zip(a.next_batch(), b.next_batch(), strict=True))
+    with pytest.raises(
+        DataError, match=r"^the round's pairs changed since the checkpoint: resuming would not be exact$"
+    ):
+        PairLoader(pairs[:-1], 5, seed=2).load_state_dict(state)  # fewer pairs, same seed
+    with pytest.raises(
+        DataError, match=r"^the round's pairs changed since the checkpoint: resuming would not be exact$"
+    ):
+        PairLoader(pairs, 5, seed=3).load_state_dict(state)  # same pairs, another seed
+    with pytest.raises(DataError, match="reference log-probs"):
+        PairLoader(_pairs(tok, 3), 1)

@@ -67,20 +67,20 @@ def test_bad_conversations_are_counted_and_skipped(tok, tmp_path):
         "no messages list": 1,
         "malformed message": 1,
     }
-    with pytest.raises(DataError, match="no usable conversation"):
-        read_conversations([_write(tmp_path / "e.jsonl", bad)], tok, 64)
+    with pytest.raises(DataError, match=r"no usable conversation in \S+e\.jsonl, \S+f\.jsonl \(skipped"):
+        read_conversations([_write(tmp_path / "e.jsonl", bad), _write(tmp_path / "f.jsonl", bad)], tok, 64)
 
 
 def test_truncation_keeps_the_context_and_drops_what_has_nothing_trained(tok, tmp_path):
     long_answer = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "猫" * 300}]}
     long_prompt = {"messages": [{"role": "user", "content": "a" * 300}, {"role": "assistant", "content": "b"}]}
-    convs, skipped = read_conversations(
-        [_write(tmp_path / "t.jsonl", [long_answer, long_prompt])], tok, 32, overlong="truncate"
-    )
-    assert [len(c.ids) for c in convs] == [33]
+    rows = [long_prompt, long_answer, long_prompt, long_answer]
+    convs, skipped = read_conversations([_write(tmp_path / "t.jsonl", rows)], tok, 32, overlong="truncate")
+    assert [len(c.ids) for c in convs] == [33, 33] and all(len(c.trained) == 33 for c in convs)
+    assert all(any(c.trained) for c in convs)  # the answers that were cut, not the prompts left without one
     assert skipped == {
-        "longer than the context (truncated, kept)": 1,
-        "longer than the context (nothing trained left after truncation)": 1,
+        "longer than the context (truncated, kept)": 2,
+        "longer than the context (nothing trained left after truncation)": 2,
     }
 
 
@@ -148,8 +148,12 @@ def test_loader_resumes_exactly_and_refuses_changed_data(tok):
     b.load_state_dict(state)
     for _ in range(5):
         assert all(torch.equal(p, q) for p, q in zip(a.next_batch(), b.next_batch(), strict=True))
-    with pytest.raises(DataError, match="SFT data changed"):
+    with pytest.raises(
+        DataError, match=r"SFT data changed since the checkpoint \(9 conversations, seed 5; now 8, seed 5\)"
+    ):
         PackedConversations(convs[:-1], seq_len=40, batch_size=2, seed=5).load_state_dict(state)
+    with pytest.raises(DataError, match=r"\(9 conversations, seed 5; now 9, seed 6\)"):
+        PackedConversations(convs, seq_len=40, batch_size=2, seed=6).load_state_dict(state)
 
 
 def test_the_trainer_scores_a_packed_batch_as_its_conversations_alone(tok, tmp_path):
@@ -177,3 +181,24 @@ def test_the_trainer_scores_a_packed_batch_as_its_conversations_alone(tok, tmp_p
                     total += float(model(x[b][where][None], ys).ce) * n
                     count += n
     assert got["ce"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_the_context_rule_is_exact_at_its_boundary_and_counts_every_skip(tok, tmp_path):
+    conv = {"messages": [{"role": "user", "content": "猫は？"}, {"role": "assistant", "content": "にゃあ。"}]}
+    n = len(encode_conversation(tok, conv["messages"]).ids)  # n tokens give n - 1 (input, target) positions
+    path = _write(tmp_path / "b.jsonl", [conv, conv, {"messages": []}, {"messages": []}])
+    kept, skipped = read_conversations([path], tok, seq_len=n - 1)
+    assert len(kept) == 2 and skipped == {"no messages list": 2}
+    rows = [conv, conv, conv, {}]
+    msg = r"\(skipped: \{'longer than the context \(dropped\)': 3, 'no messages list': 1\}\)"
+    with pytest.raises(DataError, match=msg):  # one token more than the context: every copy dropped, each counted
+        read_conversations([_write(tmp_path / "c.jsonl", rows)], tok, seq_len=n - 2)
+
+
+def test_rows_are_filled_to_exactly_seq_len(tok):
+    a, b = _convs(tok, 2)
+    both = len(a.ids) - 1 + len(b.ids) - 1
+    assert PackedConversations([a, b], seq_len=both, batch_size=1, seed=0).rows_per_epoch() == 1
+    assert PackedConversations([a, b], seq_len=both - 1, batch_size=1, seed=0).rows_per_epoch() == 2
+    _, _, seg = PackedConversations([a, b], seq_len=both, batch_size=1, seed=0).next_batch()
+    assert (seg >= 0).all() and sorted(seg[0].unique().tolist()) == [0, 1]  # no padding left

@@ -121,7 +121,7 @@ def read_conversations(
 class PackedConversations:
     """Batches (x, y, segments) [batch_size, seq_len] of packed conversations, endlessly, epoch after epoch."""
 
-    def __init__(self, convs: list[Encoded], seq_len: int, batch_size: int, seed: int = 0, pad_id: int = 0):
+    def __init__(self, convs: list[Encoded], seq_len: int, batch_size: int, seed: int, pad_id: int = 0):
         self.convs, self.seq_len, self.batch_size, self.seed, self.pad_id = convs, seq_len, batch_size, seed, pad_id
         self.epoch, self.row = 0, 0
         self._rows: list[list[int]] = self._pack(0)

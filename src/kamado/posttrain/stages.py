@@ -69,7 +69,7 @@ def run_sft(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict[str, A
     val = None
     if s.val_data:
         held, _ = read_conversations(s.val_data, tok, run.data.seq_len, s.overlong)
-        n_val = -(-PackedConversations(held, run.data.seq_len, 1).rows_per_epoch() // run.train.batch_size)
+        n_val = -(-PackedConversations(held, run.data.seq_len, 1, seed=0).rows_per_epoch() // run.train.batch_size)
 
         def val() -> Any:
             held_loader = PackedConversations(held, run.data.seq_len, run.train.batch_size, seed=0)
