@@ -26,6 +26,8 @@ FAILPOINTS = (
     "corpus.before_stage",  # a corpus stage (extract, then the dedup stages) about to start
     "recipe.during_bits_per_char",  # held-out Japanese scored against xz, English not yet
     "recipe.before_summary",  # every stage done, summary.json not written
+    "posttrain.after_round_pairs",  # a DPO round's pairs (with reference log-probs) written, its training not begun
+    "posttrain.before_round_record",  # a DPO round trained and checkpointed, its round.json not written
     "disk.write",  # any atomic file write or checkpoint tensor file (use with @enospc / @erofs)
 )
 _ERRNOS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}

@@ -33,7 +33,9 @@ KILLS = [
 
 
 def test_every_failpoint_is_exercised():
-    covered = {name for name, _ in KILLS} | {"checkpoint.resave_between_renames", "disk.write"}
+    from .test_posttrain_kill import KILLS as POSTTRAIN_KILLS
+
+    covered = {name for name, _ in KILLS + POSTTRAIN_KILLS} | {"checkpoint.resave_between_renames", "disk.write"}
     assert covered == set(FAILPOINTS)
 
 

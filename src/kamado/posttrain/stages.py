@@ -20,6 +20,7 @@ from kamado.atomic import atomic_write_text
 from kamado.config import RunConfig
 from kamado.data.jsonl import iter_records
 from kamado.errors import ConfigError
+from kamado.faults import failpoint
 from kamado.model.transformer import Transformer
 from kamado.posttrain.config import stage_run_config
 from kamado.posttrain.dpo import DPOTrainer, PairLoader, pair_metrics, prepare_pairs, reference_logps
@@ -148,8 +149,9 @@ def run_dpo(cfg: RunConfig, out_dir: Path, progress: bool = True) -> list[dict[s
                 json.dumps({k: v for k, v in p.items() if not k.startswith("_")}, ensure_ascii=False) + "\n"
                 for p in kept
             )
-            atomic_write_text(pairs_file, lines)
             atomic_write_text(rdir / "pairs_report.json", json.dumps(report, indent=1, ensure_ascii=False))
+            atomic_write_text(pairs_file, lines)  # last: its presence says the round's pairs are complete
+            failpoint("posttrain.after_round_pairs")
         before = pair_metrics(model, kept, d)
         trainer = DPOTrainer(
             run,
@@ -161,6 +163,7 @@ def run_dpo(cfg: RunConfig, out_dir: Path, progress: bool = True) -> list[dict[s
         )
         trainer.fit()
         copy_tokenizer(tok_dir, rdir)
+        failpoint("posttrain.before_round_record")
         summary = {
             "round": k,
             "start": str(policy),
