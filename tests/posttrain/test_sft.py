@@ -202,3 +202,5 @@ def test_rows_are_filled_to_exactly_seq_len(tok):
     assert PackedConversations([a, b], seq_len=both - 1, batch_size=1, seed=0).rows_per_epoch() == 2
     _, _, seg = PackedConversations([a, b], seq_len=both, batch_size=1, seed=0).next_batch()
     assert (seg >= 0).all() and sorted(seg[0].unique().tolist()) == [0, 1]  # no padding left
+    n = len(a.ids) - 1  # every later row is filled the same way as the first
+    assert PackedConversations([a] * 6, seq_len=2 * n, batch_size=1, seed=0).rows_per_epoch() == 3
