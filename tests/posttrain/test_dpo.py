@@ -30,7 +30,7 @@ T = torch.tensor
 
 def test_sigmoid_loss_matches_the_closed_form():
     # chosen -10, rejected -12, both references -11, beta 0.1: h = 2, loss = log(1 + e^-0.2)
-    losses, cr, rr = dpo_loss(T([-10.0]), T([-12.0]), T([-11.0]), T([-11.0]), beta=0.1)
+    losses, cr, rr = dpo_loss(T([-10.0]), T([-12.0]), T([-11.0]), T([-11.0]))  # beta = 0.1 by default
     assert float(losses[0]) == pytest.approx(0.598139, abs=1e-6)
     assert float(cr[0]) == pytest.approx(0.1) and float(rr[0]) == pytest.approx(-0.1)
     smoothed, _, _ = dpo_loss(T([-10.0]), T([-12.0]), T([-11.0]), T([-11.0]), beta=0.1, label_smoothing=0.1)
@@ -199,5 +199,78 @@ def test_the_pair_loader_resumes_exactly_and_refuses_other_pairs(tok):
         DataError, match=r"^the round's pairs changed since the checkpoint: resuming would not be exact$"
     ):
         PairLoader(pairs, 5, seed=3).load_state_dict(state)  # same pairs, another seed
-    with pytest.raises(DataError, match="reference log-probs"):
-        PairLoader(_pairs(tok, 3), 1)
+    with pytest.raises(DataError, match=r"^pairs need their reference log-probs \(kamado"):
+        PairLoader(_pairs(tok, 3), 1, seed=0)
+    with pytest.raises(DataError, match=r"^no preference pair to train on$"):
+        PairLoader([], 1, seed=0)
+
+
+def test_a_pair_batch_holds_each_answer_s_tokens_and_targets(tok):
+    pairs = _pairs(tok, 3)
+    x, y = pair_batch(pairs, pad_id=7)
+    rows = [p["_c"] for p in pairs] + [p["_r"] for p in pairs]
+    assert x.shape == (6, max(len(ids) for ids, _ in rows) - 1)
+    for b, (ids, ok) in enumerate(rows):
+        n = len(ids) - 1
+        assert x[b, :n].tolist() == ids[:-1] and (x[b, n:] == 7).all()
+        assert y[b, :n].tolist() == [t if k else IGNORE_INDEX for t, k in zip(ids[1:], ok[1:], strict=True)]
+        assert (y[b, n:] == IGNORE_INDEX).all()
+
+
+def test_every_pair_once_per_epoch(tok):
+    pairs = _pairs(tok, 12)
+    reference_logps(small_model(tok.vocab_size), pairs)
+    loader = PairLoader(pairs, 1, seed=4)
+    key = {tuple(p["_c"][0]): p["chosen"] for p in pairs}
+
+    def epoch():
+        out = []
+        for _ in range(12):
+            x, _, _ = loader.next_batch()
+            out.append(next(c for ids, c in key.items() if list(ids[:-1]) == x[0, : len(ids) - 1].tolist()))
+        return out
+
+    first, second = epoch(), epoch()
+    assert sorted(first) == sorted(second) == sorted(p["chosen"] for p in pairs) and first != second
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_the_dpo_trainer_objective_is_the_loss_of_its_batch_worked_from_log_probs(tok, tmp_path, loss_type):
+    pairs = _pairs(tok, 4)
+    model = small_model(tok.vocab_size)
+    reference_logps(small_model(tok.vocab_size, seed=3), pairs, average=loss_type == "ipo")
+    cfg = _dpo_cfg(tmp_path, 1)
+    cfg.dpo.loss_type, cfg.dpo.beta, cfg.dpo.label_smoothing = loss_type, 0.3, 0.1
+    trainer = DPOTrainer(cfg, model, PairLoader(pairs, 4, seed=0), cfg.out_dir)
+    x, y, ref = PairLoader(pairs, 4, seed=0).next_batch()
+    with torch.no_grad():
+        loss, m = trainer.objective((x, y, ref))
+        logits = model(x).float().log_softmax(-1)
+    lp = []
+    for b in range(8):  # log-probs by hand: sum (sigmoid) or mean (ipo) over the scored targets
+        vals = [float(logits[b, t, int(y[b, t])]) for t in range(y.shape[1]) if int(y[b, t]) != IGNORE_INDEX]
+        lp.append(sum(vals) / len(vals) if loss_type == "ipo" else sum(vals))
+    h = [(lp[i] - lp[4 + i]) - (float(ref[i]) - float(ref[4 + i])) for i in range(4)]
+    if loss_type == "ipo":
+        want = [(v - 1 / (2 * 0.3)) ** 2 for v in h]
+    else:
+        want = [0.9 * math.log1p(math.exp(-0.3 * v)) + 0.1 * math.log1p(math.exp(0.3 * v)) for v in h]
+    assert float(loss) == pytest.approx(sum(want) / 4, rel=1e-4)
+    cr = [0.3 * (lp[i] - float(ref[i])) for i in range(4)]
+    rr = [0.3 * (lp[4 + i] - float(ref[4 + i])) for i in range(4)]
+    assert m["reward_margin"] == pytest.approx(sum(c - r for c, r in zip(cr, rr, strict=True)) / 4, rel=1e-4)
+    assert m["reward_accuracy"] == sum(c > r for c, r in zip(cr, rr, strict=True)) / 4
+    assert m["chosen_logps"] == pytest.approx(sum(lp[:4]) / 4, rel=1e-4)
+    assert m["rejected_logps"] == pytest.approx(sum(lp[4:]) / 4, rel=1e-4)
+
+
+def test_reward_accuracy_counts_ties_as_wrong(tok, tmp_path):
+    """A pair whose policy equals its reference (both rewards 0) is not counted as ranked right."""
+    pairs = _pairs(tok, 2)
+    model = small_model(tok.vocab_size)
+    cfg = _dpo_cfg(tmp_path, 1)
+    reference_logps(model, pairs, batch=2)  # the policy is its own reference
+    trainer = DPOTrainer(cfg, model, PairLoader(pairs, 2, seed=0), cfg.out_dir)
+    with torch.no_grad():
+        _, m = trainer.objective(PairLoader(pairs, 2, seed=0).next_batch())
+    assert m["reward_accuracy"] == 0.0 and m["reward_margin"] == pytest.approx(0.0, abs=1e-6)

@@ -159,7 +159,7 @@ def pair_metrics(
 class PairLoader:
     """Batches (x, y, ref_logps) of `batch_pairs` pairs in a seeded order per epoch; resumes from state_dict()."""
 
-    def __init__(self, pairs: list[dict[str, Any]], batch_pairs: int, seed: int = 0):
+    def __init__(self, pairs: list[dict[str, Any]], batch_pairs: int, seed: int):
         if not pairs:
             raise DataError("no preference pair to train on")
         if any("ref_chosen_logp" not in p for p in pairs):
