@@ -204,3 +204,6 @@ def test_rows_are_filled_to_exactly_seq_len(tok):
     assert (seg >= 0).all() and sorted(seg[0].unique().tolist()) == [0, 1]  # no padding left
     n = len(a.ids) - 1  # every later row is filled the same way as the first
     assert PackedConversations([a] * 6, seq_len=2 * n, batch_size=1, seed=0).rows_per_epoch() == 3
+    x, y, seg = PackedConversations([a] * 6, seq_len=3 * n, batch_size=2, seed=0).next_batch()  # 3 to a row
+    assert x[0].tolist() == a.ids[:-1] * 3 and y[0].tolist() == a.targets().tolist() * 3
+    assert seg[1].tolist() == [0] * n + [1] * n + [2] * n
