@@ -61,6 +61,8 @@ def test_sequence_logps_sum_and_mean_over_scored_tokens_only():
     want = math.log(0.5) + math.log(1 / 4)
     assert float(sequence_logps(logits, y)[0]) == pytest.approx(want)
     assert float(sequence_logps(logits, y, average=True)[0]) == pytest.approx(want / 2)
+    one = T([[IGNORE_INDEX, 1, IGNORE_INDEX]])  # a single scored token: its mean is itself
+    assert float(sequence_logps(logits, one, average=True)[0]) == pytest.approx(math.log(1 / 4))
 
 
 PROMPT = [{"role": "user", "content": "日本の首都は？"}]
@@ -274,3 +276,12 @@ def test_reward_accuracy_counts_ties_as_wrong(tok, tmp_path):
     with torch.no_grad():
         _, m = trainer.objective(PairLoader(pairs, 2, seed=0).next_batch())
     assert m["reward_accuracy"] == 0.0 and m["reward_margin"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_pair_context_rule_is_exact_at_its_boundary_and_counts_every_skip(tok):
+    good = {"prompt": PROMPT, "chosen": "東京です。", "rejected": "大阪です。"}
+    n = max(len(encode_pair(tok, good)[0]), len(encode_pair(tok, good)[2]))
+    kept, skipped = prepare_pairs([good, {**good, "chosen": ""}, {**good, "chosen": ""}], tok, seq_len=n - 1)
+    assert len(kept) == 1 and skipped == {"empty answer": 2}
+    kept, skipped = prepare_pairs([good, good], tok, seq_len=n - 2)
+    assert kept == [] and skipped == {"longer than the context": 2}

@@ -207,3 +207,31 @@ def test_rows_are_filled_to_exactly_seq_len(tok):
     x, y, seg = PackedConversations([a] * 6, seq_len=3 * n, batch_size=2, seed=0).next_batch()  # 3 to a row
     assert x[0].tolist() == a.ids[:-1] * 3 and y[0].tolist() == a.targets().tolist() * 3
     assert seg[1].tolist() == [0] * n + [1] * n + [2] * n
+
+
+def _with_template(tok, template: str):
+    import copy
+
+    other = copy.copy(tok)
+    other.chat_template = template
+    return other
+
+
+def test_a_template_that_does_not_extend_its_beginning_is_refused(tok):
+    counted = "{{ messages | length }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(DataError, match=r"^the chat template does not render a conversation as an extension of its"):
+        encode_conversation(_with_template(tok, counted), CONV)
+
+
+def test_a_template_without_an_end_token_trains_the_whole_turn(tok):
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    plain += "{% if add_generation_prompt %}assistant: {% endif %}"
+    t = _with_template(tok, plain)
+    enc = encode_conversation(t, CONV[1:3])
+    prompt = t.encode_chat(CONV[1:2], add_generation_prompt=True)
+    assert enc.trained == [False] * len(prompt) + [True] * (len(enc.ids) - len(prompt))
+
+
+def test_messages_after_the_last_assistant_turn_are_left_out(tok):
+    msgs = [*CONV[1:3], {"role": "user", "content": "それで？"}]
+    assert encode_conversation(tok, msgs).ids == tok.encode_chat(msgs[:2], add_generation_prompt=False)
