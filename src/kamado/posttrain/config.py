@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kamado.config_checks import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_choice, check_fields
+from kamado.config_checks import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    check_choice,
+    check_fields,
+    check_items,
+)
 
 if TYPE_CHECKING:
     from kamado.config import ModelConfig, RunConfig
@@ -108,6 +117,7 @@ class MergeConfig:
 
     def validate(self) -> None:
         check_fields(self, "merge", t=FRACTION, density=Range(0, 1, lo_open=True), seed=NON_NEGATIVE)
+        check_items("merge.weights", self.weights, NON_NEGATIVE)  # (`kamado merge --weights` takes negatives)
 
 
 @dataclass
