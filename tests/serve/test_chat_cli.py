@@ -197,7 +197,6 @@ def test_kamado_chat_through_stdin_with_sigint_at_the_prompt_and_during_a_reply(
         want = greedy([{"role": "system", "content": "丁寧に答えて"}, {"role": "user", "content": "こんにちは"}])
         at = term.wait_for(f"> {want} [max tokens]\n", at)
         term.wait_for("> ", at)
-        time.sleep(0.3)  # "> " is written just before input() blocks in its read; a SIGINT in between can be lost
         proc.send_signal(signal.SIGINT)  # at the prompt: a reminder, not an exit
         at = term.wait_for("(Ctrl-D or /exit leaves)\n", at)
         term.send("/reset")

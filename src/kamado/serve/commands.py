@@ -12,6 +12,7 @@ import argparse
 import errno
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -184,6 +185,8 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
     from kamado.serve.engine import Engine, GenParams
     from kamado.serve.load import load_for_serving, serving_dtype
 
+    # Ctrl-C stops a reply even when the chat was started from a background job, which inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     model, tok, name = load_for_serving(args.checkpoint, args.tokenizer, _device(args.device))
     try:
         stops: tuple[int, ...] = (tok.token_id("<|im_end|>"),)
