@@ -25,6 +25,7 @@ SHRINK = [
     "--train.peak_flops=1e11",
     "--checkpoint.every=4",
     "--generate.max_new_tokens=8",
+    "--jaster.limit=2",  # jaster: 2 samples per task (their prompts are longer than this context: counted as such)
     "--sft.data=[]",  # no post-training stages (POSTTRAIN_MICRO turns them on with data that fits 64 tokens)
 ]
 

@@ -13,6 +13,7 @@
     kamado serve RUN_OR_CHECKPOINT --port 8000       # OpenAI-compatible server + a web chat page at /
     kamado export hf RUN_OR_CHECKPOINT --out DIR     # a Qwen3 folder transformers loads; `export gguf` for llama.cpp
     kamado import hf DIR --out RUN_DIR               # back into a kamado run
+    kamado eval jaster RUN --out DIR                 # jaster (llm-jp-eval v1.3); `eval judge`: MT-Bench, Rakuda
 
 Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from kamado.config_checks import AT_LEAST_ONE, Range, check_value
 from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
+from kamado.eval.commands import add_eval_parsers
 from kamado.posttrain.commands import add_posttrain_parsers
 from kamado.posttrain.commands_data import add_posttrain_data_parser
 from kamado.posttrain.commands_merge import add_merge_parsers
@@ -233,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_posttrain_parsers(sub)  # sft, dpo (kamado.posttrain.commands)
     add_merge_parsers(sub)  # merge (kamado.posttrain.commands_merge)
     add_posttrain_data_parser(sub)  # posttrain-data (kamado.posttrain.commands_data)
+    add_eval_parsers(sub)  # eval jaster|jaster-prepare|judge|judge-scores (kamado.eval.commands)
     return p
 
 

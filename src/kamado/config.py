@@ -29,6 +29,7 @@ from kamado.config_io import apply_overrides, from_dict, load_toml
 from kamado.config_io import to_dict as to_dict  # re-exported: the loading functions are imported from here too
 from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
+from kamado.eval.config import JasterEvalConfig
 from kamado.posttrain.config import DPOConfig, HeldoutConfig, MergeConfig, SFTConfig
 
 
@@ -273,6 +274,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    jaster: JasterEvalConfig = field(default_factory=JasterEvalConfig)  # the recipe's jaster stage (kamado.eval)
 
     def validate(self) -> None:
         """Every section, what spans sections, then every number in the tree finite (`load_config` calls it)."""
@@ -286,6 +288,7 @@ class RunConfig:
             self.dpo,
             self.merge,
             self.heldout,
+            self.jaster,
         ):
             section.validate()
         if self.data.seq_len > self.model.max_seq_len:

@@ -72,6 +72,14 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args, pos
     for stage in ("sft", "dpo/round_1", "dpo/round_2", "merged"):
         assert (full / stage / "tokenizer" / "tokenizer.json").is_file(), stage
     assert "## Post-training" in report and "| compare | exact_match | 5 |" in report
+    # jaster on every model: the pre-trained one with v1.3's plain prompt, the post-trained ones with chat turns
+    jaster = summary["jaster"]["reports"]
+    assert list(jaster) == names and "jaster" in summary["stage_seconds"]
+    assert [r["settings"]["prompt"] for r in jaster.values()] == ["alpaca"] + ["chat"] * 4
+    for r in jaster.values():  # 2 samples of each of the 12 tasks; no v1.3 prompt fits the shrunken 64 tokens
+        assert r["examples"] == 24 and r["too_long"] == 24 and len(r["tasks"]) == 12
+    assert (full / "eval" / "jaster" / "dpo_round_2" / "jsquad.jsonl").is_file()
+    assert "## jaster (llm-jp-eval v1.3 semantics)" in report and (full / "jaster_compare.png").is_file()
     seq = losses(full)
     assert sorted(seq) == list(range(1, 25))
     phases = [json.loads(x).get("phase") for x in (full / "metrics.jsonl").read_text().splitlines()]

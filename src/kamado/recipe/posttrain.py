@@ -99,6 +99,7 @@ def posttrain_stages(cfg: RunConfig, base: Path, run_dir: Path, run: Run) -> dic
             models.append((f"merged ({cfg.merge.method}: {what})", merged))
     if cfg.heldout.test:
         out["heldout"] = run("post-training eval", lambda: _scores(cfg, run_dir, models))
+    out["models"] = [(name, str(path)) for name, path in models]
     return out
 
 

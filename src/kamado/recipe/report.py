@@ -115,6 +115,10 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         from kamado.recipe.posttrain import posttrain_section
 
         parts += posttrain_section(s["posttrain"])
+    if s.get("jaster"):
+        from kamado.recipe.evaluation import jaster_section
+
+        parts += jaster_section(s["jaster"])
     if s.get("samples"):
         parts += ["## Samples", ""]
         for prompt, text in s["samples"]:
