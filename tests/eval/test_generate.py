@@ -15,7 +15,7 @@ import torch
 from kamado.config import ModelConfig, TokenizerConfig
 from kamado.data.jsonl import iter_texts
 from kamado.errors import ConfigError
-from kamado.eval.generate import EndpointGenerator, EngineGenerator, Prompt
+from kamado.eval.generate import EndpointGenerator, EngineGenerator, Prompt, common_prefix
 from kamado.model.transformer import Transformer
 from kamado.serve.engine import Engine, GenParams
 from kamado.tokenizer import Tokenizer
@@ -136,3 +136,27 @@ def test_an_unreachable_endpoint_stops_at_once() -> None:
         gen.generate([Prompt(text="a", max_tokens=1)] * 50)
     with pytest.raises(ConfigError, match="http"):
         EndpointGenerator("localhost:8000", "m")
+
+
+def test_a_shared_prefix_is_computed_once_and_changes_nothing(model, tok, monkeypatch) -> None:
+    head = "以下は、タスクを説明する指示です。"
+    texts = [head + t for t in ("吾輩は猫である。", "名前はまだ無い。", "どこで生れたか", head)]
+    prompts = [Prompt(text=t, max_tokens=10) for t in texts]
+    gen = EngineGenerator(model, tok, progress=False, max_batch=2)  # slots are reused: the prefix is copied again
+    calls = []
+    real = Engine.cache_prefix
+    monkeypatch.setattr(Engine, "cache_prefix", lambda self, ids: calls.append(len(ids)) or real(self, ids))
+    got = gen.generate(prompts)
+    assert calls == [len(tok.encode(head))] or calls == [common_prefix([tok.encode(t) for t in texts])]
+    assert calls[0] >= 16
+    want = Engine(model, tok, max_batch=4).generate([tok.encode(t) for t in texts], GenParams(10, temperature=0.0))
+    assert [c.text for c in got] == [r.text for r in want]
+
+
+def test_a_prompt_must_start_with_its_prefix(model, tok) -> None:
+    engine = Engine(model, tok, max_batch=2)
+    prefix = engine.cache_prefix(tok.encode("吾輩は猫である。"))
+    with pytest.raises(ValueError, match="does not start with"):
+        engine.submit(tok.encode("名前はまだ無い。"), GenParams(4), prefix=prefix)
+    with pytest.raises(ValueError, match="a prefix needs"):
+        engine.cache_prefix([])

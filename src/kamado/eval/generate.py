@@ -8,6 +8,8 @@ and the message; the benchmark counts both in its report.
 
 - `EngineGenerator` batches every prompt through one `kamado.serve.engine.Engine` (continuous batching over KV
   slots, chunked prefill): the prompts are submitted together and the engine keeps `max_batch` of them decoding.
+  The prefix all the prompts share (a task's preamble and instruction, few-shot examples) is computed once and
+  copied into each slot (`Engine.cache_prefix`).
 - `EndpointGenerator` sends requests from a few threads at once, retrying 429 and 5xx answers with backoff.
 """
 
@@ -107,9 +109,12 @@ class EngineGenerator:
     def generate(self, prompts: Sequence[Prompt], desc: str = "generating") -> list[Completion]:
         engine, end = self.engine, (self.tok.token_id(END_OF_TURN),)
         out: list[Completion | None] = [None] * len(prompts)
+        encoded = [self.encode(p) for p in prompts]
+        fits = [ids for ids in encoded if 0 < len(ids) < engine.max_len]
+        shared = common_prefix(fits) if len(fits) > 1 else 0
+        prefix = engine.cache_prefix(fits[0][:shared]) if shared >= MIN_PREFIX else None
         running = []
-        for i, p in enumerate(prompts):
-            ids = self.encode(p)
+        for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
             room = engine.max_len - len(ids)
             if not ids or room < 1:
                 out[i] = Completion("", "too_long", prompt_tokens=len(ids))
@@ -121,7 +126,7 @@ class EngineGenerator:
                 stop=p.stop,
                 stop_token_ids=end if p.messages is not None else (),
             )
-            running.append((i, engine.submit(ids, params)))
+            running.append((i, engine.submit(ids, params, prefix=prefix)))
         self.model.eval()
         with _bar(desc, len(running), self.progress) as bar, torch.no_grad():
             task = bar.add_task(desc, total=len(running))
@@ -134,6 +139,21 @@ class EngineGenerator:
         for i, r in running:
             out[i] = Completion(r.text, r.finish_reason or "stop", "", len(r.prompt_ids), len(r.token_ids))
         return [c for c in out if c is not None]
+
+
+MIN_PREFIX = 16  # a shared prompt prefix at least this long is computed once (`Engine.cache_prefix`)
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix all sequences share."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return n
 
 
 def post_json(url: str, body: Mapping[str, Any], key: str = "", timeout: float = 120.0, retries: int = 3) -> Any:
