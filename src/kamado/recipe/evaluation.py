@@ -37,7 +37,7 @@ def jaster_stage(cfg: RunConfig, base: Path, run_dir: Path, models: list[tuple[s
         gen = EngineGenerator(model, tok, name, serving_dtype("auto", "cpu"), c.max_batch)
         reports[name] = evaluate_jaster(gen, load, tasks, settings, run_dir / "eval" / "jaster" / slug(name))
     plot = compare_plot(reports, run_dir / "jaster_compare.png")
-    return {"data": str(data), "reports": reports, "plot": plot.name}
+    return {"data": c.data, "reports": reports, "plot": plot.name}
 
 
 def task_table(reports: dict[str, Any]) -> list[str]:
