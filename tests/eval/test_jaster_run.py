@@ -202,3 +202,21 @@ def test_cli_two_models_and_bad_input(eval_run: Path, tmp_path: Path, capsys) ->
     assert main(["eval", "jaster", str(run), "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not math.isnan(report["tasks"]["jsts"]["scores"]["pearson"])
+
+
+def test_cli_through_an_endpoint_of_kamado_serve(eval_run: Path, tmp_path: Path) -> None:
+    """Another model through an OpenAI-compatible endpoint: here a real `kamado serve` of the test model."""
+    from kamado.serve.background import serve_in_background
+
+    with serve_in_background(eval_run) as (url, name):
+        for prompt in ("chat", "alpaca"):  # /v1/chat/completions and /v1/completions
+            out = tmp_path / prompt
+            args = ["eval", "jaster", "--endpoint", url, "--model", name, "--prompt", prompt, "--no-progress"]
+            assert (
+                main([*args, "--tasks", "jamp", "niilc", "--limit", "3", "--data", str(SAMPLES), "--out", str(out)])
+                == 0
+            )
+            report = json.loads((out / name / "jaster.json").read_text(encoding="utf-8"))
+            assert report["examples"] == 6 and report["errors"] == 0 and report["model"] == name
+            answers = [json.loads(x) for x in (out / name / "niilc.jsonl").read_text(encoding="utf-8").splitlines()]
+            assert all(a["output"] for a in answers)
