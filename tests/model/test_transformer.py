@@ -387,6 +387,20 @@ def test_packed_sequences_give_the_logits_each_gets_alone():
         assert not torch.allclose(joined[5:12], m(b)[0], atol=1e-3)
 
 
+def test_packing_fills_the_whole_context_and_not_one_token_more():
+    """Positions restart at 0 in each segment: a late segment stays inside the RoPE tables (its positions shifted
+    the wrong way would give the same logits, RoPE being relative, until they ran past the table)."""
+    m = make(max_seq_len=16).eval()
+    g = torch.Generator().manual_seed(13)
+    a, b = torch.randint(0, 97, (1, 6), generator=g), torch.randint(0, 97, (1, 10), generator=g)
+    seg = torch.tensor([[0] * 6 + [1] * 10])
+    with torch.no_grad():
+        packed = m(torch.cat([a, b], 1), segments=seg)[0]  # exactly max_seq_len tokens
+        torch.testing.assert_close(packed[6:], m(b)[0], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds model\.max_seq_len=16"):
+            m(torch.cat([a, b, a[:, :1]], 1), segments=torch.tensor([[0] * 6 + [1] * 11]))
+
+
 def test_packed_loss_equals_the_token_weighted_loss_of_each_sequence_alone():
     m = make().eval()
     g = torch.Generator().manual_seed(12)
