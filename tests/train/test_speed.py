@@ -9,7 +9,7 @@ from torch import nn
 from kamado.config import ModelConfig
 from kamado.model.transformer import Transformer
 from kamado.train import speed
-from kamado.train.speed import SpeedMeter, flops_per_token, matmul_params, measure_matmul_peak
+from kamado.train.speed import SpeedMeter, flops_per_token, matmul_params, matmul_plan, measure_matmul_peak
 
 
 @pytest.mark.parametrize("kv", [1, 2, 4])
@@ -44,6 +44,31 @@ def test_measured_peak_is_two_n_cubed_over_the_best_time(monkeypatch):
     monkeypatch.setattr(speed.time, "perf_counter", _Clock(0.25))
     # every timed product reads 0.25 s: 2 * 64^3 / 0.25 flop/s
     assert measure_matmul_peak(torch.float32, n=64, seconds=1.0) == pytest.approx(2 * 64**3 / 0.25)
+
+
+def test_the_timing_loop_runs_for_its_seconds_and_times_products_in_the_given_dtype(monkeypatch):
+    seen = []
+    real_mm = torch.mm
+    monkeypatch.setattr(speed.torch, "mm", lambda a, b: seen.append((a.dtype, b.dtype)) or real_mm(a, b))
+    monkeypatch.setattr(speed.time, "perf_counter", _Clock(0.25))
+    measure_matmul_peak(n=8)  # default: bf16, about one second
+    # reads: start 0.25; check 0.5 (elapsed 0.25 < 1), t0 0.75, product, 1.0; check 1.25: elapsed exactly 1.0 is
+    # not < 1, so the loop ends: the warm-up + 1 timed product (2 s, or <=, would time more)
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 2
+    seen.clear()
+    measure_matmul_peak(torch.float32, n=8, seconds=1.0)
+    assert seen == [(torch.float32, torch.float32)] * 2
+
+
+def test_a_slow_matmul_reads_as_slow(monkeypatch):
+    monkeypatch.setattr(speed.time, "perf_counter", _Clock(1e9))  # 1e9 s per product: far below 1 flop/s
+    # start 1e9; check 2e9 (elapsed 1e9 < 3e9), t0 3e9, product, 4e9; check 5e9 ends it: one product of 1e9 s
+    assert measure_matmul_peak(torch.float32, n=64, seconds=3e9) == pytest.approx(2 * 64**3 / 1e9)
+
+
+def test_matmul_plan_by_device():
+    assert matmul_plan("cuda") == matmul_plan("cuda:1") == matmul_plan(torch.device("cuda", 0)) == (8192, 10)
+    assert matmul_plan("cpu") == (2048, 1)
 
 
 def test_measuring_does_not_move_the_training_rng():

@@ -34,6 +34,12 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
 
+def matmul_plan(device: str | torch.device) -> tuple[int, int]:
+    """(n, products per timing) for `measure_matmul_peak`: 8192 and 10 on a GPU (one product is too short to time
+    between synchronisations, and smaller ones stay below its peak), 2048 and 1 on a CPU."""
+    return (8192, 10) if torch.device(device).type == "cuda" else (2048, 1)
+
+
 def measure_matmul_peak(
     dtype: torch.dtype = torch.bfloat16,
     n: int | None = None,
@@ -44,8 +50,8 @@ def measure_matmul_peak(
     on a CPU and 8192 on a GPU (large enough to reach its peak); on a GPU each timing covers 10 products between
     synchronisations."""
     gpu = torch.device(device).type == "cuda"
-    n = n or (8192 if gpu else 2048)
-    reps = 10 if gpu else 1
+    size, reps = matmul_plan(device)
+    n = n or size
     gen = torch.Generator().manual_seed(0)  # a private generator: measuring must not shift the training RNG
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
