@@ -62,11 +62,12 @@ def test_default_callbacks() -> None:
     quiet = default_callbacks(Path("."), progress=False, tensorboard=False)
     assert [type(c) for c in quiet] == [SpeedMonitor, MetricsLogger, Checkpointer]
     assert quiet[1].tensorboard is False and default_callbacks(Path("."))[1].tensorboard is True
+    assert ProgressBar in map(type, default_callbacks(Path(".")))  # progress by default
 
 
 def test_no_sources_is_a_clear_error(cfg: RunConfig) -> None:
     cfg.data.sources = []
-    with pytest.raises(ConfigError, match=r"data.sources is empty"):
+    with pytest.raises(ConfigError, match=r"^data\.sources is empty: list the folders written by `kamado tokenize`"):
         build_trainer(cfg)
 
 
@@ -82,3 +83,40 @@ def test_a_sequence_longer_than_the_model_is_a_clear_error(cfg: RunConfig) -> No
         build_trainer(cfg)
     cfg.data.seq_len = cfg.model.max_seq_len  # equal is fine
     build_trainer(cfg, progress=False, tensorboard=False)
+
+
+def test_build_trainer_shows_progress_and_logs_to_tensorboard_unless_told_not_to(cfg: RunConfig) -> None:
+    loud = build_trainer(cfg).callbacks
+    assert ProgressBar in map(type, loud) and next(c for c in loud if isinstance(c, MetricsLogger)).tensorboard
+    quiet = build_trainer(cfg, progress=False, tensorboard=False).callbacks
+    assert ProgressBar not in map(type, quiet)
+    assert next(c for c in quiet if isinstance(c, MetricsLogger)).tensorboard is False
+
+
+def test_pretrain_passes_progress_through(cfg: RunConfig, monkeypatch) -> None:
+    seen = []
+
+    def fit(self):
+        seen.append([type(c) for c in self.callbacks])
+        return {"step": 0}
+
+    monkeypatch.setattr("kamado.train.trainer.Trainer.fit", fit)
+    pretrain(cfg)
+    pretrain(cfg, progress=False)
+    assert ProgressBar in seen[0] and ProgressBar not in seen[1]
+
+
+def test_validation_reads_eval_batches_full_batches_and_none_without_sources(cfg: RunConfig) -> None:
+    batches = list(build_trainer(cfg, progress=False, tensorboard=False).val_batches())
+    assert len(batches) == cfg.train.eval_batches == 2
+    assert all(tuple(b[0].shape) == (cfg.train.batch_size, cfg.data.seq_len) for b in batches)
+    cfg.data.val_sources = []
+    assert build_trainer(cfg, progress=False, tensorboard=False).val_batches is None
+
+
+def test_the_run_folder_is_made_with_its_parents_and_a_readable_config(cfg: RunConfig, tmp_path: Path) -> None:
+    cfg.out_dir = str(tmp_path / "a" / "b" / "run")
+    cfg.name = "猫の実験"
+    build_trainer(cfg, progress=False, tensorboard=False)
+    text = (tmp_path / "a" / "b" / "run" / "config.json").read_text(encoding="utf-8")
+    assert text.startswith('{\n "name": "猫の実験",\n')  # indented by one, Japanese as it is (not \\u escapes)
