@@ -43,7 +43,7 @@ def single_report(bench: str, questions: Sequence[Question], records: Sequence[M
         "errors": errors,
         "mean": _mean([float(r["score"]) for r in scored]),
         "turns": {str(t): _mean([float(r["score"]) for r in scored if int(r.get("turn", 1)) == t]) for t in turns},
-        "categories": {c: _mean(v) for c, v in sorted(by_cat.items())},
+        "categories": {c: _mean(by_cat[c]) for c in sorted({q.category for q in questions})},
     }
 
 
@@ -108,7 +108,7 @@ def report_markdown(model: str, judge: str, reports: Sequence[Mapping[str, Any]]
             lines += ["| category | mean |", "|---|---:|"]
             lines += [f"| {c} | {_fmt(m)} |" for c, m in r["categories"].items()]
             continue
-        lines += ["| against | win | loss | tie | errors | adjusted win rate |", "|---|---:|---:|---:|---:|---:|"]
+        lines += ["| against | win | loss | tie | no verdict | adjusted win rate |", "|---|---:|---:|---:|---:|---:|"]
         for ref, s in r["versus"].items():
             if s is not None:
                 rate = _fmt(s["win_rate_adjusted"], 3)
