@@ -29,7 +29,7 @@ from kamado.config_io import apply_overrides, from_dict, load_toml
 from kamado.config_io import to_dict as to_dict  # re-exported: the loading functions are imported from here too
 from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
-from kamado.eval.config import JasterEvalConfig
+from kamado.eval.config import JasterEvalConfig, JudgeEvalConfig
 from kamado.posttrain.config import DPOConfig, HeldoutConfig, MergeConfig, SFTConfig
 
 
@@ -274,7 +274,8 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
-    jaster: JasterEvalConfig = field(default_factory=JasterEvalConfig)  # the recipe's jaster stage (kamado.eval)
+    jaster: JasterEvalConfig = field(default_factory=JasterEvalConfig)  # the recipe's evaluation stages (kamado.eval)
+    judge: JudgeEvalConfig = field(default_factory=JudgeEvalConfig)
 
     def validate(self) -> None:
         """Every section, what spans sections, then every number in the tree finite (`load_config` calls it)."""
@@ -289,6 +290,7 @@ class RunConfig:
             self.merge,
             self.heldout,
             self.jaster,
+            self.judge,
         ):
             section.validate()
         if self.data.seq_len > self.model.max_seq_len:

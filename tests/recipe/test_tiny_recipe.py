@@ -80,6 +80,12 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args, pos
         assert r["examples"] == 24 and r["too_long"] == 24 and len(r["tasks"]) == 12
     assert (full / "eval" / "jaster" / "dpo_round_2" / "jsquad.jsonl").is_file()
     assert "## jaster (llm-jp-eval v1.3 semantics)" in report and (full / "jaster_compare.png").is_file()
+    # the judge benchmarks: the post-trained models, judged offline by the last one behind a local server
+    judged = summary["judge"]["reports"]
+    assert list(judged) == names[1:] and "judge" in summary["stage_seconds"]
+    assert all(set(r) == {"ja_mt_bench", "rakuda"} for r in judged.values())
+    assert (full / "eval" / "judge" / "rakuda" / "model_answer" / "SFT.jsonl").is_file()
+    assert "## Judge benchmarks (Japanese MT-Bench, Rakuda)" in report
     seq = losses(full)
     assert sorted(seq) == list(range(1, 25))
     phases = [json.loads(x).get("phase") for x in (full / "metrics.jsonl").read_text().splitlines()]

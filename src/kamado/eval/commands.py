@@ -1,5 +1,7 @@
 """`kamado eval`: jaster (llm-jp-eval v1.3 semantics) and the judge benchmarks, on kamado models or any endpoint.
 
+The judge benchmarks' commands live beside their code (`kamado.eval.judge.commands`).
+
 torch is imported only when a command runs, so `kamado --help` stays instant.
 """
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kamado.errors import ConfigError
+from kamado.eval.judge.commands import add_judge_parsers
 
 JASTER_HELP = """Score models on jaster the way llm-jp-eval v1.3 does: its Alpaca-style Japanese prompt, its output
 lengths, few-shot examples from the train split, answers cut at the first blank line and NFKC-normalised, exact match
@@ -152,8 +155,4 @@ def add_eval_parsers(sub: Any) -> None:
         p.add_argument(f"--{split}", type=int, metavar="N", help=f"keep the first N {split} samples (default: all)")
     p.set_defaults(fn=cmd_jaster_prepare)
 
-    try:
-        from kamado.eval.judge.commands import add_judge_parsers
-    except ImportError:  # the judge benchmarks' commands (kamado.eval.judge) are not installed in this copy
-        return
-    add_judge_parsers(evsub)
+    add_judge_parsers(evsub)  # judge, judge-scores (kamado.eval.judge.commands)

@@ -28,7 +28,7 @@ from kamado.data.tokenize import tokenize_files
 from kamado.errors import ConfigError, DataError
 from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
 from kamado.faults import failpoint
-from kamado.recipe.evaluation import jaster_stage
+from kamado.recipe.evaluation import jaster_stage, judge_stage
 from kamado.recipe.posttrain import posttrain_stages
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
 from kamado.serve.engine import Engine, GenParams
@@ -251,6 +251,9 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     if cfg.jaster.data:
         models = summary.get("posttrain", {}).get("models") or [("pre-trained", str(out))]
         summary["jaster"] = stages.run("jaster", lambda: jaster_stage(cfg, base, out, models))
+    if cfg.judge.benches:
+        models = summary.get("posttrain", {}).get("models") or [("pre-trained", str(out))]
+        summary["judge"] = stages.run("judge", lambda: judge_stage(cfg, base, out, models))
     summary["stability_events"] = read_jsonl(out / "events.jsonl")
     summary["stage_seconds"]["total"] = time.perf_counter() - t_start
     summary["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

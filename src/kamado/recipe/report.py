@@ -119,6 +119,10 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         from kamado.recipe.evaluation import jaster_section
 
         parts += jaster_section(s["jaster"])
+    if s.get("judge"):
+        from kamado.recipe.evaluation import judge_section
+
+        parts += judge_section(s["judge"])
     if s.get("samples"):
         parts += ["## Samples", ""]
         for prompt, text in s["samples"]:
