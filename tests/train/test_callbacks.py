@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,56 @@ def test_speed_monitor_measures_the_peak_when_none_is_configured(tiny_cfg, loade
     tiny_cfg.train.dtype = "bf16"
     SpeedMonitor().on_train_start(_trainer(tiny_cfg, loader_cls, [], val=False))
     assert calls[-1] == (torch.bfloat16, "cpu")
+
+
+def test_progress_bar_line_reads_train_bar_count_time_and_the_step_info():
+    """The rendered line, column by column: the label, the bar, done/total, time left, then loss | tok/s | MFU."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    def line(bar: ProgressBar) -> str:
+        console = Console(record=True, width=160, color_system=None)
+        console.print(bar.progress.make_tasks_table(bar.progress.tasks))
+        return console.export_text().strip()
+
+    trainer = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(steps=10)), step=3)
+    bar = ProgressBar()
+    bar.on_train_start(trainer)
+    bar.progress.stop()
+    assert re.fullmatch(r"train ━+\s+3/10 -:--:--", line(bar)), line(bar)  # nothing after the time yet
+    trainer.step = 4
+    bar.on_step_end(trainer, {"loss": 1.23456, "tokens_per_s": 1234.4, "mfu": 0.1234})
+    assert bar.progress.tasks[0].completed == 4
+    assert re.fullmatch(r"train ━+\s+4/10 \S+ loss 1\.235 \| 1234 tok/s \| MFU 12\.3%", line(bar)), line(bar)
+    bar.on_step_end(trainer, {"loss": 2.0})  # no speed yet (the first steps): the loss alone
+    assert line(bar).endswith(" loss 2.000")
+
+
+def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_torn_and_non_object_lines(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 3}\n7\n["x"]\n{"note": "no step"}\n{"step": 2, "lo', "utf-8")
+    cb_module.truncate_jsonl(path, 2)
+    assert path.read_text("utf-8") == '{"step": 1, "loss": 2.0}\n{"note": "no step"}\n'
+    assert "dropped 3 torn line(s)" in capsys.readouterr().err
+
+
+def test_a_configured_peak_is_used_as_it_is(tiny_cfg, loader_cls, monkeypatch):
+    monkeypatch.setattr(cb_module, "measure_matmul_peak", lambda dtype, device: pytest.fail("measured"))
+    tiny_cfg.train.peak_flops = 1.0  # any positive value is the user's: even 1 flop/s
+    t = _trainer(tiny_cfg, loader_cls, [], val=False)
+    SpeedMonitor().on_train_start(t)
+    assert t.peak_flops == 1.0
+
+
+def test_stability_events_reach_every_callback_with_the_trainer_and_the_step(tiny_cfg, loader_cls):
+    seen = []
+
+    class Watch(cb_module.Callback):
+        def on_event(self, trainer, event):
+            seen.append((trainer, event))
+
+    t = _trainer(tiny_cfg, loader_cls, [Watch(), Watch()], val=False)
+    t.step = 7
+    t._emit({"event": "rollback", "to": 4})
+    assert seen == [(t, {"step": 7, "event": "rollback", "to": 4})] * 2
