@@ -46,6 +46,7 @@ class Prompt:
     temperature: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this much probability
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.text is None):
@@ -122,6 +123,7 @@ class EngineGenerator:
             params = GenParams(
                 max_tokens=min(p.max_tokens, room),
                 temperature=p.temperature,
+                top_p=p.top_p,
                 seed=p.seed,
                 stop=p.stop,
                 stop_token_ids=end if p.messages is not None else (),
@@ -205,6 +207,8 @@ class EndpointGenerator:
         body: dict[str, Any] = {"model": self.name, "max_tokens": p.max_tokens, "temperature": p.temperature}
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.top_p < 1.0:
+            body["top_p"] = p.top_p
         if p.stop:
             body["stop"] = list(p.stop)
         if p.messages is not None:
