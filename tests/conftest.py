@@ -26,6 +26,7 @@ SHRINK = [
     "--checkpoint.every=4",
     "--generate.max_new_tokens=8",
     "--jaster.limit=2",  # jaster: 2 samples per task (their prompts are longer than this context: counted as such)
+    '--pfgen.data=""',  # pfgen-bench needs room for a 128-token answer: its stage is tested in tests/eval/pfgen
     "--judge.limit=1",  # the judge benchmarks: 1 question each (too long for this context too: counted as errors)
     "--sft.data=[]",  # no post-training stages (POSTTRAIN_MICRO turns them on with data that fits 64 tokens)
 ]

@@ -30,6 +30,7 @@ from kamado.config_io import to_dict as to_dict  # re-exported: the loading func
 from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
 from kamado.eval.config import JasterEvalConfig, JudgeEvalConfig
+from kamado.eval.pfgen.stage import PfgenEvalConfig
 from kamado.posttrain.config import DPOConfig, HeldoutConfig, MergeConfig, SFTConfig
 
 
@@ -276,6 +277,7 @@ class RunConfig:
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     jaster: JasterEvalConfig = field(default_factory=JasterEvalConfig)  # the recipe's evaluation stages (kamado.eval)
     judge: JudgeEvalConfig = field(default_factory=JudgeEvalConfig)
+    pfgen: PfgenEvalConfig = field(default_factory=PfgenEvalConfig)
 
     def validate(self) -> None:
         """Every section, what spans sections, then every number in the tree finite (`load_config` calls it)."""
@@ -291,6 +293,7 @@ class RunConfig:
             self.heldout,
             self.jaster,
             self.judge,
+            self.pfgen,
         ):
             section.validate()
         if self.data.seq_len > self.model.max_seq_len:

@@ -1,6 +1,7 @@
 """`kamado eval`: jaster (llm-jp-eval v1.3 semantics) and the judge benchmarks, on kamado models or any endpoint.
 
-The judge benchmarks' commands live beside their code (`kamado.eval.judge.commands`).
+The judge benchmarks' and pfgen-bench's commands live beside their code (`kamado.eval.judge.commands`,
+`kamado.eval.pfgen.commands`).
 
 torch is imported only when a command runs, so `kamado --help` stays instant.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from kamado.errors import ConfigError
 from kamado.eval.judge.commands import add_judge_parsers
+from kamado.eval.pfgen.commands import add_pfgen_parsers
 
 JASTER_HELP = """Score models on jaster the way llm-jp-eval v1.3 does: its Alpaca-style Japanese prompt, its output
 lengths, few-shot examples from the train split, answers cut at the first blank line and NFKC-normalised, exact match
@@ -156,3 +158,4 @@ def add_eval_parsers(sub: Any) -> None:
     p.set_defaults(fn=cmd_jaster_prepare)
 
     add_judge_parsers(evsub)  # judge, judge-scores (kamado.eval.judge.commands)
+    add_pfgen_parsers(evsub)  # pfgen, pfgen-score (kamado.eval.pfgen.commands)

@@ -16,11 +16,11 @@ judge's replies cached there, so a rerun calls no one.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from kamado.config import RunConfig
+from kamado.eval import slug
 from kamado.eval.generate import EngineGenerator
 from kamado.eval.jaster.report import compare_markdown, compare_plot
 from kamado.eval.jaster.run import JasterSettings, evaluate_jaster
@@ -30,11 +30,6 @@ from kamado.serve.load import load_for_serving, serving_dtype
 
 def _resolve(base: Path, path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else (base / path).resolve()
-
-
-def slug(name: str) -> str:
-    """'DPO round 1' -> 'dpo_round_1'; 'merged (linear: ...)' -> 'merged'."""
-    return re.sub(r"[^a-z0-9]+", "_", name.split(" (")[0].lower()).strip("_") or "model"
 
 
 def jaster_stage(cfg: RunConfig, base: Path, run_dir: Path, models: list[tuple[str, str]]) -> dict[str, Any]:

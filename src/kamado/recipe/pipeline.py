@@ -27,6 +27,7 @@ from kamado.data.jsonl import iter_jsonl_texts
 from kamado.data.tokenize import tokenize_files
 from kamado.errors import ConfigError, DataError
 from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
+from kamado.eval.pfgen.stage import pfgen_stage
 from kamado.faults import failpoint
 from kamado.recipe.evaluation import jaster_stage, judge_stage
 from kamado.recipe.posttrain import posttrain_stages
@@ -247,10 +248,13 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     if cfg.sft.data:
         summary["posttrain"] = posttrain_stages(cfg, base, out, stages.run)
 
-    # 8. jaster on every model of the run (kamado.recipe.evaluation) -------------------------------------------
+    # 8. evaluation: jaster and pfgen-bench on every model, judge benchmarks on the post-trained ones ------------
     if cfg.jaster.data:
         models = summary.get("posttrain", {}).get("models") or [("pre-trained", str(out))]
         summary["jaster"] = stages.run("jaster", lambda: jaster_stage(cfg, base, out, models))
+    if cfg.pfgen.data:
+        models = summary.get("posttrain", {}).get("models") or [("pre-trained", str(out))]
+        summary["pfgen"] = stages.run("pfgen", lambda: pfgen_stage(cfg.pfgen, base, out, models))
     if cfg.judge.benches:
         models = summary.get("posttrain", {}).get("models") or [("pre-trained", str(out))]
         summary["judge"] = stages.run("judge", lambda: judge_stage(cfg, base, out, models))

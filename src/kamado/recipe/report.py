@@ -119,6 +119,10 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> Path:
         from kamado.recipe.evaluation import jaster_section
 
         parts += jaster_section(s["jaster"])
+    if s.get("pfgen"):
+        from kamado.eval.pfgen.stage import pfgen_section
+
+        parts += pfgen_section(s["pfgen"])
     if s.get("judge"):
         from kamado.recipe.evaluation import judge_section
 

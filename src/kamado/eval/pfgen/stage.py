@@ -11,13 +11,13 @@ runs it) unless `pfgen.full_data` (the 50 questions in ../shared) exists. The pu
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kamado.config_checks import AT_LEAST_ONE, Range, check_choice, check_fields
+from kamado.eval import slug
 
 
 @dataclass
@@ -37,11 +37,6 @@ class PfgenEvalConfig:
             self, "pfgen", trials=AT_LEAST_ONE, examples=Range(0, 49), max_tokens=AT_LEAST_ONE, max_batch=AT_LEAST_ONE
         )
         check_choice("pfgen.mode", self.mode, ("auto", "completion", "qa", "chat"))
-
-
-def slug(name: str) -> str:
-    """'DPO round 1' -> 'dpo_round_1'; 'merged (linear: ...)' -> 'merged'."""
-    return re.sub(r"[^a-z0-9]+", "_", name.split(" (")[0].lower()).strip("_") or "model"
 
 
 def data_folder(c: PfgenEvalConfig, base: Path) -> Path:
