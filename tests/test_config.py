@@ -92,7 +92,7 @@ def test_override_must_have_a_value():
         ("--model.n_heads=0", "model.n_heads = 0"),  # was a ZeroDivisionError
         ("--model.d_model=1e308", "model.d_model = "),  # was a crash in torch
         ("--model.norm_eps=-1e-6", "model.norm_eps = -1e-06"),
-        ("--data.seq_len=1024", "data.seq_len = 1024: must be <= model.max_seq_len (512)"),
+        ("--data.seq_len=4096", "data.seq_len = 4096: must be <= model.max_seq_len (2048)"),
         ("--data.phases=[{start_tokens = 5}]", "data.phases[0].start_tokens = 5: the first phase must start at 0"),
         ("--data.phases=[{weights = {ja = -1.0}}]", "data.phases[0].weights.ja = -1.0: must be a finite number >= 0"),
         ("--data.phases=[{weights = {ja = 0.0}}]", "data.phases[0].weights: must have a positive, finite sum"),

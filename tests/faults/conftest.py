@@ -33,11 +33,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# A micro `kamado run`: the tiny recipe shrunk to ~10 s (every stage: web corpus, tokenizer, shards, training with
-# checkpoints and evaluations, bits/char, generation, report), run as a real process.
+# A micro `kamado run`: the tiny recipe shrunk to ~10 s (every stage up to the evaluation ones: web corpus, tokenizer,
+# shards, training with checkpoints and evaluations, bits/char, generation, report), run as a real process.
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ["--train.steps=24", "--train.eval_every=6", "--checkpoint.keep_last=3"]  # on top of tests/conftest.py's SHRINK
+MICRO += ['--jaster.data=""', "--judge.benches=[]"]  # the evaluation stages: tests/recipe and tests/eval run them
 TIMING_KEYS = {"tokens_per_s", "mfu"}  # the only logged values that depend on the clock
 
 
