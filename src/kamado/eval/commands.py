@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kamado.errors import ConfigError
+from kamado.eval.cli_common import add_model_flags, local_generator
 from kamado.eval.judge.commands import add_judge_parsers
 from kamado.eval.pfgen.commands import add_pfgen_parsers
 
@@ -38,16 +39,6 @@ PREPARE_HELP = """Write jaster in llm-jp-eval v1.3's dataset layout (train/ dev/
 the raw benchmark files. The repo's samples/eval/jaster was made with
   kamado eval jaster-prepare --data ../shared/data/benchmarks --out samples/eval/jaster --train 4 --dev 0 --test 20
 """
-
-
-def _named(spec: str) -> tuple[str, str]:
-    """'NAME=PATH' or PATH (named after the run folder)."""
-    if "=" in spec and not Path(spec).exists():
-        name, path = spec.split("=", 1)
-        return name, path
-    p = Path(spec)
-    name = p.parent.parent.name if p.name.startswith("step_") else p.name
-    return name, spec
 
 
 def cmd_jaster(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -82,18 +73,14 @@ def cmd_jaster(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _generators(args: argparse.Namespace) -> Any:
-    from kamado.eval.generate import EndpointGenerator, EngineGenerator
+    from kamado.eval.generate import EndpointGenerator
 
     if args.endpoint:
         yield args.model, EndpointGenerator(args.endpoint, args.model, args.key_env, progress=not args.no_progress)
         return
-    from kamado.serve.load import load_for_serving, serving_dtype
-
     for spec in args.models:
-        name, path = _named(spec)
-        model, tok, _ = load_for_serving(path, args.tokenizer, args.device)
-        dtype = serving_dtype(args.dtype, args.device)
-        yield name, EngineGenerator(model, tok, name, dtype, args.max_batch, progress=not args.no_progress)
+        gen = local_generator(spec, args)
+        yield gen.name, gen
 
 
 def _evaluate_one(gen: Any, load: Any, tasks: tuple[str, ...], settings: Any, out: Path) -> dict[str, Any]:
@@ -141,11 +128,7 @@ def add_eval_parsers(sub: Any) -> None:
     j.add_argument("--limit", type=int, help="the first N test samples of each task (default: all)")
     j.add_argument("--prompt", choices=("alpaca", "chat"), default="alpaca", help="plain v1.3 text or chat turns")
     j.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    j.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the run's)")
-    j.add_argument("--device", default="cpu", help="cpu or cuda")
-    j.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="serving dtype")
-    j.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (KV slots)")
-    j.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_flags(j)
     j.set_defaults(fn=cmd_jaster)
 
     p = evsub.add_parser("jaster-prepare", help="write jaster in llm-jp-eval v1.3's dataset layout")

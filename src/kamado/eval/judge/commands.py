@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kamado.errors import ConfigError
+from kamado.eval.cli_common import add_model_flags, local_generator
 from kamado.eval.judge.benchmarks import RAKUDA_REFERENCES
 
 JUDGE_HELP = """Grade a model's answers with an LLM judge: Japanese MT-Bench and MT-Bench (FastChat single-answer
@@ -45,28 +46,14 @@ examples:
 """
 
 
-def _named(spec: str) -> tuple[str, str]:
-    """'NAME=PATH' or PATH (named after the run folder)."""
-    if "=" in spec and not Path(spec).exists():
-        name, path = spec.split("=", 1)
-        return name, path
-    p = Path(spec)
-    return (p.parent.parent.name if p.name.startswith("step_") else p.name), spec
-
-
 def _answerers(args: argparse.Namespace) -> Iterator[Any]:
-    from kamado.eval.generate import EndpointGenerator, EngineGenerator
+    from kamado.eval.generate import EndpointGenerator
 
     if args.endpoint:
         yield EndpointGenerator(args.endpoint, args.model, args.key_env, progress=not args.no_progress)
         return
-    from kamado.serve.load import load_for_serving, serving_dtype
-
     for spec in args.models:
-        name, path = _named(spec)
-        model, tok, _ = load_for_serving(path, args.tokenizer, args.device)
-        dtype = serving_dtype(args.dtype, args.device)
-        yield EngineGenerator(model, tok, name, dtype, args.max_batch, progress=not args.no_progress)
+        yield local_generator(spec, args)
 
 
 def cmd_judge(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -192,11 +179,7 @@ def add_judge_parsers(evsub: Any) -> None:
     j.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates of Rakuda's rating intervals")
     j.add_argument("--cache", metavar="FILE", help="judge reply cache (default: OUT/judge_cache.jsonl)")
     j.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    j.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the run's)")
-    j.add_argument("--device", default="cpu", help="cpu or cuda")
-    j.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="serving dtype")
-    j.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (KV slots)")
-    j.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_flags(j)
     j.set_defaults(fn=cmd_judge)
 
     s = evsub.add_parser("judge-scores", help="per-model scores of FastChat judgment files (show_result.py)")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kamado.errors import ConfigError
+from kamado.eval.cli_common import add_model_flags, local_generator
 
 PFGEN_HELP = """pfgen-bench (Preferred Generation Benchmark, arXiv 2502.09316): 50 Japanese questions, each asked after
 20 question-answer examples and no instruction, answers of about 100 characters sampled (temperature 1.0, top-p 0.98,
@@ -46,17 +47,11 @@ DATA_HELP = "upstream's data/ folder (default: the shared full set, else the sam
 
 
 def _generator(args: argparse.Namespace) -> tuple[Any, str]:
-    from kamado.eval.generate import EndpointGenerator, EngineGenerator
+    from kamado.eval.generate import EndpointGenerator
 
     if args.endpoint:
         return EndpointGenerator(args.endpoint, args.model, args.key_env, progress=not args.no_progress), "openai"
-    from kamado.eval.commands import _named
-    from kamado.serve.load import load_for_serving, serving_dtype
-
-    name, path = _named(args.run)
-    model, tok, _ = load_for_serving(path, args.tokenizer, args.device)
-    dtype = serving_dtype(args.dtype, args.device)
-    return EngineGenerator(model, tok, name, dtype, args.max_batch, progress=not args.no_progress), "kamado"
+    return local_generator(args.run, args), "kamado"
 
 
 def cmd_pfgen(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -143,11 +138,7 @@ def add_pfgen_parsers(evsub: Any) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="default: %(default)s")
     p.add_argument("--top-p", type=float, default=0.98, help="default: %(default)s")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the run's)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="serving dtype")
-    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (KV slots)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_flags(p)
     p.set_defaults(fn=cmd_pfgen)
 
     s = evsub.add_parser("pfgen-score", help="score pfgen-bench answers (trials.jsonl.xz) as upstream does")
