@@ -75,3 +75,19 @@ def test_a_cut_at_a_block_end_is_still_an_error(tmp_path: Path) -> None:
     path.write_bytes(first)
     with pytest.raises(DataError, match=r"cut\.jsonl\.zst:26: cannot decompress"):
         list(iter_texts(path))
+
+
+def test_reads_xz_and_names_a_corrupt_one(tmp_path: Path) -> None:
+    import lzma
+
+    path = tmp_path / "docs.jsonl.xz"
+    path.write_bytes(lzma.compress(jsonl_bytes(DOCS)))
+    assert list(iter_texts(path)) == DOCS
+    cut = tmp_path / "cut.jsonl.xz"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cut\.jsonl\.xz:\d+: cannot decompress"):
+        list(iter_texts(cut))
+    bad = tmp_path / "bad.jsonl.xz"
+    bad.write_bytes(b"not xz at all")
+    with pytest.raises(DataError, match=r"bad\.jsonl\.xz:1: cannot decompress"):
+        list(iter_texts(bad))

@@ -1,4 +1,5 @@
-"""Reading documents: JSONL files (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`), one `{"text": ...}` object per line.
+"""Reading documents: JSONL files (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`, `.jsonl.xz`), one `{"text": ...}` object per
+line.
 
 Every problem a user can cause (missing file, corrupt compression, bad UTF-8, bad JSON, no "text") is one
 DataError naming the file and line: a corpus is never silently truncated.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import lzma
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from kamado.errors import DataError
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.xz")  # .xz: pfgen-bench ships its files so
 
 
 def _open_raw(path: Path) -> tuple[io.BufferedReader, Any]:
@@ -30,6 +32,8 @@ def _open_raw(path: Path) -> tuple[io.BufferedReader, Any]:
     stream: Any = raw
     if name.endswith(".gz"):
         stream = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif name.endswith(".xz"):
+        stream = lzma.LZMAFile(raw)  # noqa: SIM115 - closed by the caller
     elif name.endswith(".zst"):
         try:
             import zstandard
@@ -94,7 +98,7 @@ def iter_records(
             lineno += 1
             try:
                 data = stream.readline()
-            except (OSError, EOFError, ValueError) as e:
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
                 raise DataError(f"{path}:{lineno}: cannot decompress ({e}); the file is corrupt") from None
             if not data:
                 return

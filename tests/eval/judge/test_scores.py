@@ -98,4 +98,4 @@ def test_judge_scores_user_errors(tmp_path: Path, capsys) -> None:
     assert "not FastChat judgments" in capsys.readouterr().err
     (tmp_path / "torn.jsonl").write_text('{"model": "a", "score": 3, "tur')
     assert main(["eval", "judge-scores", str(tmp_path / "torn.jsonl")]) == 2
-    assert "torn.jsonl:1: not JSON" in capsys.readouterr().err
+    assert "torn.jsonl:1: invalid JSON" in capsys.readouterr().err

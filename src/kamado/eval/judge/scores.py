@@ -13,30 +13,18 @@ model only when both orders agree, otherwise (either order a tie, or the orders 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kamado.data.jsonl import iter_records
 from kamado.errors import DataError
 from kamado.eval.judge.verdicts import ERROR_OUTPUT
 
 
 def _read_jsonl(f: Path) -> list[dict[str, Any]]:
-    out = []
-    with open(f, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{f}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{f}:{n}: not a JSON object")
-            out.append(rec)
-    return out
+    return [r for _, r in iter_records(f, text_field=None)]
 
 
 def _is_judgment(rec: Mapping[str, Any]) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kamado.data.jsonl import iter_records
 from kamado.errors import DataError
 
 REPO = Path(__file__).resolve().parents[4]
@@ -44,17 +45,8 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-empty line; a malformed line is a DataError naming it."""
-    for i, line in enumerate(read_bytes(path).decode("utf-8", "replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: not a JSON line ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{i}: expected a JSON object")
-        yield i, obj
+    """(line number, object) for each non-empty line of a `.jsonl` or `.jsonl.xz` file; DataError naming the line."""
+    return iter_records(path, text_field=None)
 
 
 def find(folder: Path, name: str) -> Path | None:
