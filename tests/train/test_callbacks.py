@@ -158,3 +158,11 @@ def test_stability_events_reach_every_callback_with_the_trainer_and_the_step(tin
     t.step = 7
     t._emit({"event": "rollback", "to": 4})
     assert seen == [(t, {"step": 7, "event": "rollback", "to": 4})] * 2
+
+
+def test_truncate_jsonl_drops_a_tail_torn_inside_a_utf8_character(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes('{"step": 1, "note": "猫"}\n'.encode() + '{"step": 2, "note": "猫'.encode()[:-2])
+    cb_module.truncate_jsonl(path, 5)
+    assert path.read_text("utf-8") == '{"step": 1, "note": "猫"}\n'
+    assert "dropped 1 torn line(s)" in capsys.readouterr().err

@@ -27,6 +27,10 @@ def test_flops_per_token_by_hand():
     cfg = ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=16, max_seq_len=8)
     assert matmul_params(cfg) == 656
     assert flops_per_token(cfg, 5) == 3936 + 480
+    # two layers: attention and mlp twice (2 * 576 + 80 = 1232 -> 6N = 7392), attention FLOPs 12 * 2 * 8 * 5 = 960
+    two = ModelConfig(vocab_size=10, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=16, max_seq_len=8)
+    assert matmul_params(two) == 1232
+    assert flops_per_token(two, 5) == 7392 + 960
 
 
 class _Clock:
