@@ -96,3 +96,7 @@ def test_speed_meter_reads_tokens_per_second_and_mfu(monkeypatch):
     meter.add(500)
     assert meter.read()["tokens_per_s"] == 500.0
     assert SpeedMeter(1.0, 0.0).read()["mfu"] == 0.0  # unknown peak: no MFU, not a division by zero
+    tiny = SpeedMeter(flops_per_token=1.0, peak_flops=1.0)  # any positive peak is a peak, even 1 flop/s
+    tiny.add(10)
+    clock.t = 4.0
+    assert tiny.read()["mfu"] == pytest.approx(10.0)
