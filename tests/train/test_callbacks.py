@@ -133,9 +133,10 @@ def test_progress_bar_line_reads_train_bar_count_time_and_the_step_info():
 
 def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_torn_and_non_object_lines(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 3}\n7\n["x"]\n{"note": "no step"}\n{"step": 2, "lo', "utf-8")
+    rows = '{"step": 1, "loss": 2.0}\n{"step": 2}\n{"step": 3}\n7\n["x"]\n{"note": "no step"}\n{"step": 2, "lo'
+    path.write_text(rows, "utf-8")  # 4 intact rows, 3 torn or not objects
     cb_module.truncate_jsonl(path, 2)
-    assert path.read_text("utf-8") == '{"step": 1, "loss": 2.0}\n{"note": "no step"}\n'
+    assert path.read_text("utf-8") == '{"step": 1, "loss": 2.0}\n{"step": 2}\n{"note": "no step"}\n'
     assert "dropped 3 torn line(s)" in capsys.readouterr().err
 
 
