@@ -138,6 +138,8 @@ def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_torn_and_non_object_
     cb_module.truncate_jsonl(path, 2)
     assert path.read_text("utf-8") == '{"step": 1, "loss": 2.0}\n{"step": 2}\n{"note": "no step"}\n'
     assert "dropped 3 torn line(s)" in capsys.readouterr().err
+    cb_module.truncate_jsonl(path, 0)  # rows without a step are kept at any step
+    assert path.read_text("utf-8") == '{"note": "no step"}\n'
 
 
 def test_a_configured_peak_is_used_as_it_is(tiny_cfg, loader_cls, monkeypatch):
@@ -167,3 +169,28 @@ def test_truncate_jsonl_drops_a_tail_torn_inside_a_utf8_character(tmp_path, caps
     cb_module.truncate_jsonl(path, 5)
     assert path.read_text("utf-8") == '{"step": 1, "note": "猫"}\n'
     assert "dropped 1 torn line(s)" in capsys.readouterr().err
+
+
+def test_a_resumed_logger_rewrites_history_after_its_step_in_jsonl_and_tensorboard(tmp_path):
+    """Resuming at step 3 (after a rollback or a kill): metrics.jsonl and TensorBoard keep steps 1-3 of the first
+    run and steps 4-5 of the second, never both runs' step 4. The run folder's parents are made as needed."""
+    from types import SimpleNamespace
+
+    out = tmp_path / "a" / "b" / "run"
+
+    def run(start: int, loss: float) -> None:
+        t = SimpleNamespace(step=start)
+        logger = MetricsLogger(out)
+        logger.on_train_start(t)
+        for step in range(start + 1, 6):
+            t.step = step
+            logger.on_step_end(t, {"step": step, "loss": loss + step, "tokens_per_s": 1.0})
+        logger.on_train_end(t)
+
+    run(0, 10.0)
+    run(3, 20.0)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 11.0), (2, 12.0), (3, 13.0), (4, 24.0), (5, 25.0)]
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()  # the second writer's purge_step hides the first run's steps 4 and 5
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 11), (2, 12), (3, 13), (4, 24), (5, 25)]
