@@ -155,8 +155,8 @@ def add_judge_parsers(evsub: Any) -> None:
     j = evsub.add_parser("judge", help="LLM-judged benchmarks: MT-Bench (ja/en), Rakuda, ELYZA-tasks-100")
     j.description, j.formatter_class = JUDGE_HELP, fmt
     j.add_argument("models", nargs="*", metavar="MODEL", help="run folder or checkpoint, optionally NAME=PATH")
-    j.add_argument("--bench", action="append", required=True, metavar="NAME",
-                   help="ja_mt_bench, mt_bench, rakuda or elyza100 (repeat for several)")  # fmt: skip
+    j.add_argument("--bench", action="extend", nargs="+", required=True, metavar="NAME",
+                   help="ja_mt_bench, mt_bench, rakuda, elyza100 (several after one --bench, or repeated)")  # fmt: skip
     j.add_argument("--endpoint", metavar="URL", help="answer with an OpenAI-compatible API, e.g. http://host:8000/v1")
     j.add_argument("--model", help="the answering endpoint's model name")
     j.add_argument("--key-env", default="OPENAI_API_KEY", help="environment variable with the answering endpoint's key")
