@@ -240,3 +240,11 @@ def test_user_errors_are_one_line(tmp_path: Path, serve, capsys) -> None:
     assert "judge endpoint" in capsys.readouterr().err
     assert main([*base, *judge_args, "--bench", "mt_bench", "--data-dir", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_bench_takes_several_names_or_repeats() -> None:
+    from kamado.cli import build_parser
+
+    args = ["eval", "judge", "runs/x", "--bench", "ja_mt_bench", "rakuda", "--bench", "mt_bench", "--out", "o"]
+    parsed = build_parser().parse_args(args)
+    assert parsed.bench == ["ja_mt_bench", "rakuda", "mt_bench"] and parsed.models == ["runs/x"]
