@@ -74,7 +74,7 @@ def pfgen_stage(c: PfgenEvalConfig, base: Path, run_dir: Path, models: list[tupl
         summary.update(mode=mode, headline=headline(result), score_seconds=round(time.perf_counter() - start, 2))
         reports[name] = summary
     return {
-        "data": str(data.folder),
+        "data": c.full_data if c.full_data and data_folder(c, base) != (base / c.data).resolve() else c.data,
         "question_ids": data.question_ids,
         "settings": asdict(c),
         "models": reports,
@@ -91,7 +91,7 @@ def pfgen_section(result: dict[str, Any]) -> list[str]:
     seconds = ", ".join(f"{n} {r['seconds'] + r['score_seconds']:.0f} s" for n, r in models.items())
     empty = sum(r["empty"] for r in models.values())
     n_q = len(result["question_ids"])
-    subset = f"the {n_q} questions {', '.join(result['question_ids'])}" if n_q < 50 else "all 50 questions"
+    subset = f"The {n_q} questions {', '.join(result['question_ids'])}" if n_q < 50 else "All 50 questions"
     return [
         "## pfgen-bench (n-gram scores against ~1,000 reference answers per question, no judge)",
         "",
