@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test bench mutation hand-mutations clean
+.PHONY: install run test bench mutation mutant-check hand-mutations clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ mutation: install
 	nice -n 19 $(BIN)/mutmut run --max-children 1 $(foreach m,$(MUTANTS),'$(m)')
 	@echo "surviving mutants (mutmut show NAME for the diff):"
 	@$(BIN)/mutmut results
+
+# One mutant checked by hand against the tests (for triage; needs mutants/ from `make mutation`), e.g.
+# make mutant-check MUTANT='kamado.train.speed.x_matmul_params__mutmut_3' TESTS=tests/train/test_speed.py
+mutant-check: install
+	$(BIN)/python tests/mutant_check.py '$(MUTANT)' $(TESTS)
 
 # Issue 16's one-line mutations applied by hand to a clone without ../shared; prints the tests that catch each.
 hand-mutations: install
