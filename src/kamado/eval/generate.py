@@ -158,6 +158,10 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+class NotJSONReply(RuntimeError):
+    """The endpoint answered, but not with JSON."""
+
+
 def post_json(url: str, body: Mapping[str, Any], key: str = "", timeout: float = 120.0, retries: int = 3) -> Any:
     """POST `body` as JSON and return the decoded reply. 429 and 5xx answers and dropped connections are retried
     `retries` times with backoff (1, 2, 4 s...); anything else raises RuntimeError with the status and message."""
@@ -179,7 +183,7 @@ def post_json(url: str, body: Mapping[str, Any], key: str = "", timeout: float =
                 continue
             raise RuntimeError(f"{url} cannot be reached ({getattr(e, 'reason', e)})") from None
         except json.JSONDecodeError:
-            raise RuntimeError(f"{url}: the reply is not JSON") from None
+            raise NotJSONReply(f"{url}: the reply is not JSON") from None
     raise AssertionError("unreachable")
 
 

@@ -13,15 +13,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from kamado.errors import ConfigError
+from kamado.eval.generate import NotJSONReply, post_json
 from kamado.eval.jaster.metrics import normalize, normalize_answer, sample_score
 from kamado.posttrain.config import JudgeConfig
 
@@ -75,24 +73,15 @@ class EndpointJudge:
             "max_tokens": 512,
         }
         url = self.cfg.base_url.rstrip("/") + "/chat/completions"
-        request = urllib.request.Request(
-            url,
-            data=json.dumps(body).encode(),
-            headers={
-                "Content-Type": "application/json",
-                **({"Authorization": f"Bearer {self.key}"} if self.key else {}),
-            },
-        )
+        try:  # no retries: a failing judge stops the stage at once, named
+            reply_json = post_json(url, body, self.key, self.cfg.timeout_s, retries=0)
+        except NotJSONReply:
+            return None  # not an OpenAI chat completion: no verdict
+        except RuntimeError as e:
+            raise ConfigError(f"judge endpoint {e}") from None
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            raise ConfigError(f"judge endpoint {url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise ConfigError(f"judge endpoint {url} cannot be reached ({getattr(e, 'reason', e)})") from None
-        try:
-            reply = json.loads(raw)["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, ValueError, TypeError):
+            reply = reply_json["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
             return None  # not an OpenAI chat completion: no verdict
         return parse_rating(str(reply))
 
