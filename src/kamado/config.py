@@ -31,6 +31,7 @@ from kamado.corpus.config import CorpusConfig
 from kamado.errors import ConfigError
 from kamado.eval.config import JasterEvalConfig, JudgeEvalConfig
 from kamado.eval.pfgen.stage import PfgenEvalConfig
+from kamado.parallel.config import ParallelConfig
 from kamado.posttrain.config import DPOConfig, HeldoutConfig, MergeConfig, SFTConfig
 
 
@@ -269,6 +270,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # layout over processes (`kamado.parallel`)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     corpus: SampleCorpusConfig = field(default_factory=SampleCorpusConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)  # post-training stages (`kamado.posttrain`)
@@ -285,6 +287,7 @@ class RunConfig:
         for section in (
             *sections,
             self.checkpoint,
+            self.parallel,
             self.generate,
             self.corpus,
             self.sft,

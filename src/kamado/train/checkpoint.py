@@ -42,6 +42,7 @@ from kamado.model.transformer import Transformer
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 INTEGRITY = "integrity.json"
 REQUIRED = ("model.safetensors", "rng.safetensors", "state.json")
+REQUIRED_BY_FORMAT = {"safetensors": REQUIRED, "dcp": (".metadata", "state.json")}  # dcp: `kamado.parallel`
 
 
 def _umask() -> int:
@@ -108,12 +109,25 @@ def save_checkpoint(
         _save_tensors(optimizer_tensors(model, optimizer), tmp / "optimizer.safetensors")
     _save_tensors({"cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
     atomic_write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=1))
-    files = sorted(p.name for p in tmp.iterdir())
     failpoint("checkpoint.before_integrity")
-    record = {"files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in files}}
-    atomic_write_text(tmp / INTEGRITY, json.dumps(record, indent=1))  # last: its presence marks a finished save
+    return publish(root, tmp, final, keep_last)
+
+
+def write_integrity(folder: Path, fmt: str = "safetensors", hashes: bool = True) -> None:
+    """The integrity record of a finished folder (written last: its presence marks a finished save). A DCP
+    checkpoint records sizes only (`hashes=False`): hashing terabytes on one rank would take longer than the save."""
+    files = sorted(p.name for p in folder.iterdir())
+    entries = {
+        n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n) if hashes else None} for n in files
+    }
+    atomic_write_text(folder / INTEGRITY, json.dumps({"format": fmt, "files": entries}, indent=1))
+
+
+def publish(root: Path, tmp: Path, final: Path, keep_last: int, fmt: str = "safetensors", hashes: bool = True) -> Path:
+    """Seal `tmp` with its integrity record and rename it to `final`; prune to the newest `keep_last`."""
+    write_integrity(tmp, fmt, hashes)
     if final.exists():  # re-saving a step: old aside, new in, old deleted — a kill in between loses neither
-        old = root / f"step_{step:08d}.old"
+        old = root / f"{final.name}.old"
         os.rename(final, old)
         failpoint("checkpoint.resave_between_renames")
         os.rename(tmp, final)
@@ -163,7 +177,8 @@ def verify_checkpoint(ckpt: str | Path) -> str | None:
         return f"no {INTEGRITY} (the save did not finish, or the folder was copied in part)"
     except (ValueError, KeyError, TypeError):
         return f"{INTEGRITY} is unreadable"
-    for name in REQUIRED:
+    fmt = record.get("format", "safetensors")
+    for name in REQUIRED_BY_FORMAT.get(fmt, REQUIRED):
         if name not in files:
             return f"{INTEGRITY} does not list {name}"
     for name, want in files.items():
@@ -173,6 +188,8 @@ def verify_checkpoint(ckpt: str | Path) -> str | None:
         size = path.stat().st_size
         if size != want.get("bytes"):
             return f"{name} has {size:,} bytes, {want.get('bytes'):,} were written"
+        if want.get("sha256") is None and fmt == "dcp":  # sizes only (see `write_integrity`)
+            continue
         if _sha256(path) != want.get("sha256"):
             return f"{name} does not match its SHA-256 (the bytes changed after the save)"
     return None

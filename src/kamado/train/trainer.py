@@ -113,6 +113,12 @@ class Trainer:
         self.pending_spikes = []
         self.saved_step = self.step
 
+    def recover_saves(self) -> None:
+        ckpt.recover_interrupted_saves(self.ckpt_dir)
+
+    def latest_checkpoint(self, quarantine: bool = False) -> Path | None:
+        return ckpt.latest_checkpoint(self.ckpt_dir, quarantine=quarantine)
+
     # ---------------------------------------------------------------------------------------------- steps
     def autocast(self) -> Any:
         if self.cfg.train.dtype == "bf16":
@@ -171,8 +177,8 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
-        ckpt.recover_interrupted_saves(self.ckpt_dir)  # a save a kill interrupted: finish or undo it
-        latest = ckpt.latest_checkpoint(self.ckpt_dir, quarantine=True) if self.cfg.checkpoint.resume else None
+        self.recover_saves()  # a save a kill interrupted: finish or undo it
+        latest = self.latest_checkpoint(quarantine=True) if self.cfg.checkpoint.resume else None
         if latest is not None:
             self.restore(latest)
         elif self.cfg.stability.enabled:
@@ -198,7 +204,7 @@ class Trainer:
                 self._emit({"event": "skip_update", "loss": metrics["loss"], "grad_norm": metrics["grad_norm"]})
             elif verdict is Verdict.ROLLBACK:
                 bad = [*self.pending_spikes, position]
-                target = ckpt.latest_checkpoint(self.ckpt_dir)
+                target = self.latest_checkpoint()
                 if target is None:
                     raise RuntimeError("stability monitor asked for a rollback but no checkpoint exists")
                 self.restore(target)

@@ -1,0 +1,123 @@
+"""Distributed checkpoints (torch.distributed.checkpoint, DCP): every rank writes its own shards, in parallel.
+
+A DCP checkpoint is a folder `step_00000100/` like the one-process kind (`kamado.train.checkpoint`), holding
+  .metadata, __R_0.distcp   the model and AdamW state, each tensor under its full-model name (`model.layers.3…`,
+                            `optim.state.layers.3….exp_avg`); DCP records how each was sharded, and re-shards on load
+  state.json                step, data-loader position, stability history, skipped batches, config, layout
+  integrity.json            format "dcp" and each file's size; written last, by rank 0, after every rank finished
+It is written to `step_….tmp` and renamed into place by rank 0 once all ranks are done (the same `publish` as the
+one-process saves), so a rank killed mid-save leaves a `.tmp` that the next start deletes: a relaunched job always
+resumes from the last complete checkpoint. The folder must be on a file system every rank sees.
+
+Because names and the grouped layout of the fused weights (`kamado.parallel.fused`) do not depend on the layout,
+a checkpoint saved on 2×2×2 loads on one process or on TP=2. `consolidate` turns one into the single-file
+safetensors checkpoint every other kamado command reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from kamado.atomic import atomic_write_text
+from kamado.config import ModelConfig, from_dict
+from kamado.errors import CheckpointError
+from kamado.faults import failpoint
+from kamado.model.transformer import Transformer, rope_tables
+from kamado.parallel.fused import to_model_layout
+from kamado.train import checkpoint as ckpt
+
+_OPTS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def _app_state(stages: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
+    model: dict[str, Any] = {}
+    optim: dict[str, Any] = {}
+    for stage, opt in zip(stages, optimizers, strict=True):
+        model.update(get_model_state_dict(stage, options=_OPTS))
+        optim.update(get_optimizer_state_dict(stage, opt, options=_OPTS))
+    return {"model": model, "optim": optim}
+
+
+def is_dcp(path: Path) -> bool:
+    return (path / ".metadata").is_file()
+
+
+def save_dcp(
+    root: Path,
+    step: int,
+    stages: list[nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    state: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Collective: every rank calls it. Returns the published folder."""
+    final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
+    if dist.get_rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        ckpt.recover_interrupted_saves(root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    dcp.save(_app_state(stages, optimizers), checkpoint_id=str(tmp))
+    failpoint("parallel.after_dcp_save")
+    dist.barrier()  # every rank's shards are on disk before the folder is sealed
+    if dist.get_rank() == 0:
+        atomic_write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=1))
+        ckpt.publish(root, tmp, final, keep_last, fmt="dcp", hashes=False)
+    dist.barrier()
+    return final
+
+
+def load_dcp(path: Path, stages: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
+    """Collective: restore this rank's shards (re-sharded to the current layout); the JSON state is returned."""
+    problem = ckpt.verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
+    if not is_dcp(path):
+        raise CheckpointError(
+            f"{path} is a one-process checkpoint; a distributed run resumes from DCP checkpoints only "
+            "(start the distributed run in a new folder)"
+        )
+    app = _app_state(stages, optimizers)
+    dcp.load(app, checkpoint_id=str(path))
+    for stage, opt in zip(stages, optimizers, strict=True):
+        set_model_state_dict(stage, app["model"], options=StateDictOptions(strict=False))
+        set_optimizer_state_dict(stage, opt, app["optim"], options=_OPTS)
+    state: dict[str, Any] = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return state
+
+
+def consolidate(src: Path, out: Path) -> Path:
+    """A DCP checkpoint (or a run folder's newest) → `out/checkpoints/step_N/` with model.safetensors in the
+    model's own layout, loadable by `kamado generate`, `export`, `sft` and the evaluation commands. One process."""
+    found = ckpt.find_checkpoint(src)
+    if not is_dcp(found):
+        raise CheckpointError(f"{found} is already a one-process checkpoint (model.safetensors): nothing to do")
+    state = json.loads((found / "state.json").read_text(encoding="utf-8"))
+    cfg = from_dict(ModelConfig, state["config"]["model"])
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    names = [n for n, _ in model.named_parameters()]
+    meta = dcp.FileSystemReader(str(found)).read_metadata().state_dict_metadata
+    tensors = {n: torch.empty(meta[f"model.{n}"].size, dtype=meta[f"model.{n}"].properties.dtype) for n in names}
+    dcp.load({"model": tensors}, checkpoint_id=str(found), no_dist=True)
+    model.to_empty(device="cpu")
+    model.load_state_dict(to_model_layout(tensors, cfg), strict=False)
+    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    keep = {k: v for k, v in state.items() if k not in ("step", "layout")}
+    return ckpt.save_checkpoint(out / "checkpoints", int(state["step"]), model, None, keep, keep_last=0)

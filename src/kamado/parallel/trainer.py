@@ -1,0 +1,215 @@
+"""The pre-training loop on a device mesh: the one-process `Trainer`'s loop (stability monitor, rollback, skipped
+batches, callbacks, resume) with the step, the checkpoints and the evaluation made distributed.
+
+Every rank runs the same loop. What the loop decides on — the loss the stability monitor sees, the gradient norm —
+is reduced over the mesh first (averaged over data-parallel ranks, taken from the last pipeline stage), so all
+ranks reach the same verdict and skip, roll back or save together. Logs and the progress bar are rank 0's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kamado.config import RunConfig, to_dict
+from kamado.errors import ConfigError
+from kamado.model.loss import LossOutput
+from kamado.parallel import checkpoint as dckpt
+from kamado.parallel.clip import clip_grads
+from kamado.parallel.data import rank_rows
+from kamado.parallel.loss import vocab_parallel_lm_loss
+from kamado.parallel.mesh import Layout
+from kamado.parallel.parallelize import build_stages
+from kamado.parallel.pipeline import build_schedule, microbatches
+from kamado.train import checkpoint as ckpt
+from kamado.train.callbacks import Callback
+from kamado.train.optim import build_optimizer
+from kamado.train.stability import StabilityMonitor
+from kamado.train.trainer import Batch, BatchLoader, Trainer
+
+
+class OptimizerGroup:
+    """One AdamW per model stage (DCP names their state by the stage's parameter names), stepped together."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+
+class DistributedTrainer(Trainer):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        layout: Layout,
+        loader: BatchLoader,
+        out_dir: str | Path,
+        val_batches: Callable[[], Iterable[Batch]] | None = None,
+        callbacks: list[Callback] | None = None,
+    ):
+        if cfg.train.dtype not in ("bf16", "fp32"):
+            raise ConfigError(f"train.dtype must be 'bf16' or 'fp32', got '{cfg.train.dtype}'")
+        self.cfg, self.layout, self.device = cfg, layout, layout.device
+        self.stages = build_stages(cfg, layout)
+        self.model = nn.ModuleList(self.stages)
+        self.optimizer = OptimizerGroup([build_optimizer(s, cfg.optim) for s in self.stages])  # type: ignore[assignment]
+        self.loader, self.val_batches = loader, val_batches
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.callbacks = callbacks or []
+        self.monitor = StabilityMonitor(cfg.stability)
+        self.step = 0
+        self.skip_positions: set[str] = set()
+        self.pending_spikes: list[str] = []
+        self.last_eval: dict[str, Any] | None = None
+        self.saved_step = -1
+        self.peak_flops = cfg.train.peak_flops
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
+        self.world_size = dist.get_world_size()
+        self.tp_group = layout.group("tp") if layout.tp > 1 else None
+        self.pp_group = layout.group("pp") if layout.pp > 1 else None
+        self.has_first = any(s.first for s in self.stages)
+        self.has_last = any(s.last for s in self.stages)
+        self.rows = rank_rows(cfg.train.batch_size, layout.dp_rank, layout.dp)
+        self.schedule = None
+        self._records: list[LossOutput] = []
+        if layout.pp > 1:
+            local = self.rows.stop - self.rows.start
+            self.n_micro = microbatches(cfg, local)
+            self.schedule = build_schedule(cfg, layout, self.stages, self.n_micro, self._pipeline_loss)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+
+    # ---------------------------------------------------------------------------------------------- state
+    def save_checkpoint(self) -> Path:
+        state = {
+            "loader": self.loader.state_dict(),
+            "stability": self.monitor.state_dict(),
+            "skip_positions": sorted(self.skip_positions),
+            "last_eval": self.last_eval,
+            "config": to_dict(self.cfg),
+            "layout": self.layout.describe(),
+        }
+        path = dckpt.save_dcp(
+            self.ckpt_dir, self.step, self.stages, self.optimizer.optimizers, state, self.cfg.checkpoint.keep_last
+        )
+        self.saved_step = self.step
+        return path
+
+    def restore(self, path: Path) -> None:
+        state = dckpt.load_dcp(path, self.stages, self.optimizer.optimizers)
+        self.step = int(state["step"])
+        self.loader.load_state_dict(state["loader"])
+        self.monitor.load_state_dict(state["stability"])
+        self.skip_positions |= set(state["skip_positions"])
+        self.last_eval = state.get("last_eval")
+        self.pending_spikes = []
+        self.saved_step = self.step
+
+    def recover_saves(self) -> None:
+        if dist.get_rank() == 0:
+            ckpt.recover_interrupted_saves(self.ckpt_dir)
+        dist.barrier()
+
+    def latest_checkpoint(self, quarantine: bool = False) -> Path | None:
+        """Rank 0 chooses (and quarantines); every rank then loads the same folder."""
+        found = [ckpt.latest_checkpoint(self.ckpt_dir, quarantine) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(found, src=0)  # a path string, never untrusted bytes
+        return found[0]
+
+    # ---------------------------------------------------------------------------------------------- steps
+    def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        out = vocab_parallel_lm_loss(logits, targets, self.cfg.train.z_loss, self.tp_group)
+        self._records.append(out)
+        return out.loss / (self.n_micro * self.cfg.train.grad_accum)
+
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, backward: bool) -> None:
+        """One micro-batch through this rank's stages; its LossOutputs land in `_records` (last stage only)."""
+        if self.schedule is None:
+            [stage] = self.stages
+            out = vocab_parallel_lm_loss(stage(x), y, self.cfg.train.z_loss if backward else 0.0, self.tp_group)
+            self._records.append(out)
+            if backward:
+                (out.loss / self.cfg.train.grad_accum).backward()
+            return
+        args = (x,) if self.has_first else ()
+        target = y if self.has_last else None
+        run = self.schedule.step if backward else self.schedule.eval
+        before = len(self._records)
+        run(*args, target=target)
+        # the first step also runs the loss once on the stage's shape-inference output (uninitialised values)
+        del self._records[before : len(self._records) - (self.n_micro if self.has_last else 0)]
+
+    def _reduced(self, sums: torch.Tensor) -> torch.Tensor:
+        """Per-rank sums → the same mean on every rank: from the last pipeline stage, over data-parallel ranks."""
+        if self.pp_group is not None:
+            dist.all_reduce(sums, group=self.pp_group)  # only the last stage's ranks contribute
+        dist.all_reduce(sums, group=self.layout.dp_group)
+        return sums / self.layout.dp
+
+    def _batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch[0], batch[1]
+        if x.shape[0] == self.cfg.train.batch_size and self.layout.dp > 1:  # a global batch (validation)
+            x, y = x[self.rows], y[self.rows]
+        return x.to(self.device), y.to(self.device)
+
+    def train_step(self) -> dict[str, Any]:
+        from kamado.train.optim import lr_at, set_lr
+
+        lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
+        set_lr(self.optimizer, lr)  # type: ignore[arg-type]
+        self.model.train()
+        self._records = []
+        for _ in range(self.cfg.train.grad_accum):
+            self._micro_step(*self._batch(self.loader.next_batch()), backward=True)
+        n = max(1, len(self._records))
+        sums = torch.tensor(
+            [
+                sum(float(r.loss) for r in self._records) / n,
+                sum(float(r.ce) for r in self._records) / n,
+                sum(float(r.z_loss) for r in self._records) / n,
+            ],
+            dtype=torch.float64,
+        )
+        loss, ce, z = self._reduced(sums).tolist()
+        params = [p for s in self.stages for p in s.parameters()]
+        norm = clip_grads(params, self.cfg.optim.grad_clip, self.pp_group)
+        return {"loss": loss, "ce": ce, "z_loss": z, "lr": lr, "grad_norm": norm if math.isfinite(norm) else math.inf}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any] | None:
+        if self.val_batches is None:
+            return None
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64)  # Σ ce·tokens, Σ tokens (this rank's rows)
+        for batch in self.val_batches():
+            x, y = self._batch(batch)
+            if self.schedule is not None and x.shape[0] % self.n_micro:
+                continue  # a short last batch cannot be cut into the pipeline's micro-batches
+            self._records = []
+            self._micro_step(x, y, backward=False)
+            for r in self._records:
+                total += torch.tensor([float(r.ce) * r.num_tokens, float(r.num_tokens)], dtype=torch.float64)
+        if self.pp_group is not None:
+            dist.all_reduce(total, group=self.pp_group)
+        dist.all_reduce(total, group=self.layout.dp_group)
+        ce_sum, n = total.tolist()
+        if n == 0:
+            return None
+        return {"step": self.step, "val_ce": ce_sum / n, "val_ppl": math.exp(min(ce_sum / n, 50.0))}
