@@ -6,6 +6,7 @@
     kamado train recipes/small.toml --optim.lr=3e-4  # pre-train from a preset, dotted overrides
     kamado generate RUN_OR_CHECKPOINT --prompt "吾輩は"
     kamado params recipes/100b.toml                  # exact parameter count and FLOPs/token of a preset
+    kamado plan recipes/100b.toml --gpus 1024 --gpu h100   # layouts that fit, memory per GPU, days to train
     kamado corpus run WARC_DIR --out DIR             # WARC → Japanese Markdown → filters → dedup → shards
     kamado corpus run WARC_DIR --out DIR --config recipes/corpus/common_crawl.toml --dedup.threshold=0.7
     kamado corpus eval-filters LABELLED.jsonl        # precision/recall/F1 of the quality filters on labelled text
@@ -27,6 +28,7 @@ from pathlib import Path
 from kamado.config_checks import AT_LEAST_ONE, Range, check_value
 from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
 from kamado.eval.commands import add_eval_parsers
+from kamado.parallel.plan_commands import add_plan_parser
 from kamado.posttrain.commands import add_posttrain_parsers
 from kamado.posttrain.commands_data import add_posttrain_data_parser
 from kamado.posttrain.commands_merge import add_merge_parsers
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="exact parameter count and FLOPs/token of a preset")
     pa.add_argument("config")
     pa.set_defaults(fn=cmd_params)
+    add_plan_parser(sub)  # plan (kamado.parallel.plan_commands)
 
     add_serving_parsers(sub)  # chat, serve (kamado.serve.commands)
     add_export_parsers(sub)  # export hf|gguf, import hf (kamado.serve.commands_export)
