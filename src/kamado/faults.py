@@ -6,7 +6,8 @@ itself right there — no cleanup, no `finally`, exactly like a node dying. This
 inside a window a few microseconds wide (between two renames of a checkpoint save) that no timer could hit.
 With `@enospc` or `@erofs` after the name it raises that OSError instead, as a full or read-only disk would
 (`KAMADO_FAILPOINT=disk.write:2@enospc`: the second file write fails), for machines where the suite cannot mount
-a small file system. The names in use are listed in `FAILPOINTS`; the suite checks each one is reached.
+a small file system. `KAMADO_FAILPOINT_RANK=1` limits it to one rank of a distributed run (torchrun's RANK).
+The names in use are listed in `FAILPOINTS`; the suite checks each one is reached.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ FAILPOINTS = (
     "recipe.before_summary",  # every stage done, summary.json not written
     "posttrain.after_round_pairs",  # a DPO round's pairs (with reference log-probs) written, its training not begun
     "posttrain.before_round_record",  # a DPO round trained and checkpointed, its round.json not written
+    "parallel.after_dcp_save",  # a distributed save: this rank's shards written, the folder not sealed
     "disk.write",  # any atomic file write or checkpoint tensor file (use with @enospc / @erofs)
 )
 _ERRNOS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
@@ -42,6 +44,9 @@ def failpoint(name: str, path: object = None) -> None:
     spec, _, action = spec.partition("@")
     target, _, nth = spec.partition(":")
     if target != name:
+        return
+    only = os.environ.get("KAMADO_FAILPOINT_RANK")  # distributed runs: only this rank (torchrun's RANK) fails
+    if only is not None and os.environ.get("RANK", "0") != only:
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] != int(nth or 1):

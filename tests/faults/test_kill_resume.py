@@ -36,6 +36,7 @@ def test_every_failpoint_is_exercised():
     from .test_posttrain_kill import KILLS as POSTTRAIN_KILLS
 
     covered = {name for name, _ in KILLS + POSTTRAIN_KILLS} | {"checkpoint.resave_between_renames", "disk.write"}
+    covered |= {"parallel.after_dcp_save"}  # tests/parallel/test_dcp.py kills one rank of a torchrun job there
     assert covered == set(FAILPOINTS)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -44,7 +46,7 @@ from kamado.train import checkpoint as ckpt
 _OPTS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
-def _app_state(stages: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
+def _app_state(stages: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
     model: dict[str, Any] = {}
     optim: dict[str, Any] = {}
     for stage, opt in zip(stages, optimizers, strict=True):
@@ -60,8 +62,8 @@ def is_dcp(path: Path) -> bool:
 def save_dcp(
     root: Path,
     step: int,
-    stages: list[nn.Module],
-    optimizers: list[torch.optim.Optimizer],
+    stages: Sequence[nn.Module],
+    optimizers: Sequence[torch.optim.Optimizer],
     state: dict[str, Any],
     keep_last: int,
 ) -> Path:
@@ -83,7 +85,7 @@ def save_dcp(
     return final
 
 
-def load_dcp(path: Path, stages: list[nn.Module], optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
+def load_dcp(path: Path, stages: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, Any]:
     """Collective: restore this rank's shards (re-sharded to the current layout); the JSON state is returned."""
     problem = ckpt.verify_checkpoint(path)
     if problem is not None:
@@ -114,7 +116,12 @@ def consolidate(src: Path, out: Path) -> Path:
         model = Transformer(cfg)
     names = [n for n, _ in model.named_parameters()]
     meta = dcp.FileSystemReader(str(found)).read_metadata().state_dict_metadata
-    tensors = {n: torch.empty(meta[f"model.{n}"].size, dtype=meta[f"model.{n}"].properties.dtype) for n in names}
+    tensors = {}
+    for n in names:
+        m = meta.get(f"model.{n}")
+        if not isinstance(m, TensorStorageMetadata):
+            raise CheckpointError(f"{found} holds no tensor model.{n}: not a checkpoint of this model")
+        tensors[n] = torch.empty(m.size, dtype=m.properties.dtype)
     dcp.load({"model": tensors}, checkpoint_id=str(found), no_dist=True)
     model.to_empty(device="cpu")
     model.load_state_dict(to_model_layout(tensors, cfg), strict=False)

@@ -87,7 +87,7 @@ def add_ungroup_hooks(model: nn.Module, cfg: ModelConfig) -> None:
 
 def _ungroup_qkv(module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
     """[..., groups·(g+2)·hd] grouped columns (this rank's groups) → [q | k | v] for these groups."""
-    g, hd = module.kamado_groups
+    g, hd = int(module.kamado_groups[0]), int(module.kamado_groups[1])  # type: ignore[index]
     lead = out.shape[:-1]
     x = out.view(*lead, -1, g + 2, hd)
     q, k, v = x[..., :g, :], x[..., g, :], x[..., g + 1, :]

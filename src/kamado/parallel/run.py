@@ -23,11 +23,12 @@ def build_distributed_trainer(cfg: RunConfig, progress: bool = True, tensorboard
     layout = init_layout(cfg.parallel, device.type)
     loader = ShardedLoader(cfg.data, cfg.train.batch_size, layout.dp_rank, layout.dp)
     check_data(cfg, loader)
+    callbacks: list[Callback]
     if dist.get_rank() == 0:
         out_dir = write_run_config(cfg)
         callbacks = default_callbacks(out_dir, progress, tensorboard)
     else:  # every rank saves its shards and measures its speed; rank 0 alone logs and shows progress
-        callbacks: list[Callback] = [SpeedMonitor(), Checkpointer()]
+        callbacks = [SpeedMonitor(), Checkpointer()]
     return DistributedTrainer(cfg, layout, loader, cfg.out_dir, validation_factory(cfg), callbacks)
 
 

@@ -29,6 +29,7 @@ from torch.distributed.tensor.parallel import (
 
 from kamado.config import ModelConfig
 from kamado.errors import ConfigError
+from kamado.model.transformer import Attention
 from kamado.parallel.stage import ModelStage
 
 
@@ -77,8 +78,9 @@ def apply_tp(stage: ModelStage, mesh: DeviceMesh) -> None:
     for block in stage.layers.values():
         parallelize_module(block, mesh, block_plan)
         attn = block.attn
+        assert isinstance(attn, Attention)
         attn.n_heads, attn.n_kv = cfg.n_heads // tp, cfg.n_kv_heads // tp  # the heads this rank computes
         for norm in (attn.q_norm, attn.k_norm):
-            if norm is not None:
-                distribute_module(norm, mesh, input_fn=_heads_input, output_fn=_local_output)
+            if isinstance(norm, nn.Module):
+                distribute_module(norm, mesh, input_fn=_heads_input, output_fn=_local_output)  # type: ignore[arg-type]
     stage.seq_shards = tp

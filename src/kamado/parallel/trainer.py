@@ -9,7 +9,7 @@ ranks reach the same verdict and skip, roll back or save together. Logs and the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,13 @@ from torch import nn
 
 from kamado.config import RunConfig, to_dict
 from kamado.errors import ConfigError
-from kamado.model.loss import LossOutput
+from kamado.model.loss import LossOutput, lm_loss
 from kamado.parallel import checkpoint as dckpt
 from kamado.parallel.clip import clip_grads
 from kamado.parallel.data import rank_rows
 from kamado.parallel.loss import vocab_parallel_lm_loss
 from kamado.parallel.mesh import Layout
-from kamado.parallel.parallelize import build_stages
+from kamado.parallel.parallelize import build_stages, stage_ids
 from kamado.parallel.pipeline import build_schedule, microbatches
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback
@@ -37,7 +37,7 @@ from kamado.train.trainer import Batch, BatchLoader, Trainer
 class OptimizerGroup:
     """One AdamW per model stage (DCP names their state by the stage's parameter names), stepped together."""
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
         self.optimizers = optimizers
 
     @property
@@ -68,7 +68,8 @@ class DistributedTrainer(Trainer):
         self.cfg, self.layout, self.device = cfg, layout, layout.device
         self.stages = build_stages(cfg, layout)
         self.model = nn.ModuleList(self.stages)
-        self.optimizer = OptimizerGroup([build_optimizer(s, cfg.optim) for s in self.stages])  # type: ignore[assignment]
+        self.optimizers = [build_optimizer(s, cfg.optim) for s in self.stages]
+        self.optimizer = OptimizerGroup(self.optimizers)  # type: ignore[assignment]  # AdamW's interface, for the loop
         self.loader, self.val_batches = loader, val_batches
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -89,6 +90,10 @@ class DistributedTrainer(Trainer):
         self.rows = rank_rows(cfg.train.batch_size, layout.dp_rank, layout.dp)
         self.schedule = None
         self._records: list[LossOutput] = []
+        self._loss: Callable[..., LossOutput] = vocab_parallel_lm_loss
+        if cfg.parallel.compile and layout.tp == 1:  # the head's loss compiled too (one graph, no float32 copies)
+            compiled = torch.compile(lm_loss)
+            self._loss = lambda logits, y, coef, _group: compiled(logits, y, coef)
         if layout.pp > 1:
             local = self.rows.stop - self.rows.start
             self.n_micro = microbatches(cfg, local)
@@ -107,13 +112,13 @@ class DistributedTrainer(Trainer):
             "layout": self.layout.describe(),
         }
         path = dckpt.save_dcp(
-            self.ckpt_dir, self.step, self.stages, self.optimizer.optimizers, state, self.cfg.checkpoint.keep_last
+            self.ckpt_dir, self.step, self.stages, self.optimizers, state, self.cfg.checkpoint.keep_last
         )
         self.saved_step = self.step
         return path
 
     def restore(self, path: Path) -> None:
-        state = dckpt.load_dcp(path, self.stages, self.optimizer.optimizers)
+        state = dckpt.load_dcp(path, self.stages, self.optimizers)
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])
         self.monitor.load_state_dict(state["stability"])
@@ -135,7 +140,7 @@ class DistributedTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------------- steps
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        out = vocab_parallel_lm_loss(logits, targets, self.cfg.train.z_loss, self.tp_group)
+        out = self._loss(logits, targets, self.cfg.train.z_loss, self.tp_group)
         self._records.append(out)
         return out.loss / (self.n_micro * self.cfg.train.grad_accum)
 
@@ -143,18 +148,44 @@ class DistributedTrainer(Trainer):
         """One micro-batch through this rank's stages; its LossOutputs land in `_records` (last stage only)."""
         if self.schedule is None:
             [stage] = self.stages
-            out = vocab_parallel_lm_loss(stage(x), y, self.cfg.train.z_loss if backward else 0.0, self.tp_group)
+            out = self._loss(stage(x), y, self.cfg.train.z_loss if backward else 0.0, self.tp_group)
             self._records.append(out)
             if backward:
                 (out.loss / self.cfg.train.grad_accum).backward()
             return
+        if not backward:
+            self._pipeline_forward(x, y)
+            return
         args = (x,) if self.has_first else ()
         target = y if self.has_last else None
-        run = self.schedule.step if backward else self.schedule.eval
         before = len(self._records)
-        run(*args, target=target)
+        self.schedule.step(*args, target=target)
         # the first step also runs the loss once on the stage's shape-inference output (uninitialised values)
         del self._records[before : len(self._records) - (self.n_micro if self.has_last else 0)]
+
+    def _pipeline_forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Validation under pipeline parallelism: the whole batch through every stage in order, the hidden states
+        sent from rank to rank. (torch's `schedule.eval` fails for the V-shaped ZBV placement, torch 2.13.)"""
+        pp_rank, ids = self.layout.coord("pp"), stage_ids(self.cfg, self.layout.coord("pp"))
+        owner = {i: r for r in range(self.layout.pp) for i in stage_ids(self.cfg, r)}
+        mine = dict(zip(ids, self.stages, strict=True))
+        h = x
+        for i in range(self.cfg.parallel.n_stages):
+            if owner[i] != pp_rank:
+                continue
+            if i > 0 and owner[i - 1] != pp_rank:  # the previous stage is on another rank
+                stage = mine[i]
+                h = torch.empty(
+                    (x.shape[0], x.shape[1] // stage.seq_shards, self.cfg.model.d_model),
+                    dtype=torch.bfloat16 if self.cfg.train.dtype == "bf16" else torch.float32,
+                    device=self.device,
+                )
+                dist.recv(h, group=self.pp_group, group_src=owner[i - 1])
+            h = mine[i](h)
+            if i + 1 < self.cfg.parallel.n_stages and owner[i + 1] != pp_rank:
+                dist.send(h.contiguous(), group=self.pp_group, group_dst=owner[i + 1])
+        if self.has_last:
+            self._records.append(vocab_parallel_lm_loss(h, y, 0.0, self.tp_group))
 
     def _reduced(self, sums: torch.Tensor) -> torch.Tensor:
         """Per-rank sums → the same mean on every rank: from the last pipeline stage, over data-parallel ranks."""
@@ -173,7 +204,7 @@ class DistributedTrainer(Trainer):
         from kamado.train.optim import lr_at, set_lr
 
         lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
-        set_lr(self.optimizer, lr)  # type: ignore[arg-type]
+        set_lr(self.optimizer, lr)
         self.model.train()
         self._records = []
         for _ in range(self.cfg.train.grad_accum):

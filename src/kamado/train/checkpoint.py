@@ -250,6 +250,11 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model_weights(model: nn.Module, ckpt: str | Path) -> None:
     path = Path(ckpt)
+    if (path / ".metadata").is_file():
+        raise CheckpointError(
+            f"{path} is a distributed (DCP) checkpoint: `kamado checkpoint consolidate {path} --out DIR` writes one "
+            "that this command reads"
+        )
     path = path / "model.safetensors" if path.is_dir() else path
     if not path.is_file():
         raise CheckpointError(f"no model weights at {path}")
