@@ -19,7 +19,9 @@ from torch.distributed.tensor import DTensor
 
 def total_grad_norm(params: Iterable[nn.Parameter], pp_group: dist.ProcessGroup | None) -> torch.Tensor:
     groups: dict[object, list[torch.Tensor]] = {}
+    device = torch.device("cpu")
     for p in params:
+        device = p.device
         if p.grad is not None:
             key = p.grad.device_mesh if isinstance(p.grad, DTensor) else None
             groups.setdefault(key, []).append(p.grad)
@@ -28,7 +30,7 @@ def total_grad_norm(params: Iterable[nn.Parameter], pp_group: dist.ProcessGroup 
         norm = torch.nn.utils.get_total_norm(grads, 2.0)
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
         squares.append(norm.float() ** 2)
-    total = torch.stack(squares).sum() if squares else torch.zeros(())
+    total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
         dist.all_reduce(total, group=pp_group)
     return total.sqrt()

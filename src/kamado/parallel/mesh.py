@@ -79,7 +79,8 @@ def init_layout(cfg: ParallelConfig, device_type: str, timeout_s: float = 1800.0
                 "parallel degrees > 1 need one process per rank: launch with `torchrun --nproc-per-node N kamado "
                 "train ...` (see README, 'Training on many GPUs')"
             )
-        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device_type == "cuda" else "gloo")
+        # auto on GPUs: NCCL for device tensors, gloo for the few CPU ones (barriers, a broadcast path string)
+        backend = cfg.backend if cfg.backend != "auto" else ("cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))

@@ -217,6 +217,7 @@ class DistributedTrainer(Trainer):
                 sum(float(r.z_loss) for r in self._records) / n,
             ],
             dtype=torch.float64,
+            device=self.device,  # NCCL reduces device tensors only
         )
         loss, ce, z = self._reduced(sums).tolist()
         params = [p for s in self.stages for p in s.parameters()]
@@ -228,7 +229,7 @@ class DistributedTrainer(Trainer):
         if self.val_batches is None:
             return None
         self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64)  # Σ ce·tokens, Σ tokens (this rank's rows)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # Σ ce·tokens, Σ tokens (this rank's rows)
         for batch in self.val_batches():
             x, y = self._batch(batch)
             if self.schedule is not None and x.shape[0] % self.n_micro:
@@ -236,7 +237,9 @@ class DistributedTrainer(Trainer):
             self._records = []
             self._micro_step(x, y, backward=False)
             for r in self._records:
-                total += torch.tensor([float(r.ce) * r.num_tokens, float(r.num_tokens)], dtype=torch.float64)
+                total += torch.tensor(
+                    [float(r.ce) * r.num_tokens, r.num_tokens], dtype=torch.float64, device=self.device
+                )
         if self.pp_group is not None:
             dist.all_reduce(total, group=self.pp_group)
         dist.all_reduce(total, group=self.layout.dp_group)
