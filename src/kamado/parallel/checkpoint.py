@@ -104,27 +104,35 @@ def load_dcp(path: Path, stages: Sequence[nn.Module], optimizers: Sequence[torch
     return state
 
 
+def consolidated_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The full model weights of a DCP checkpoint folder, in the model's own layout, read in one process."""
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    cfg = from_dict(ModelConfig, state["config"]["model"])
+    with torch.device("meta"):
+        names = [n for n, _ in Transformer(cfg).named_parameters()]
+    meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    tensors = {}
+    for n in names:
+        m = meta.get(f"model.{n}")
+        if not isinstance(m, TensorStorageMetadata):
+            raise CheckpointError(f"{path} holds no tensor model.{n}: not a checkpoint of this model")
+        tensors[n] = torch.empty(m.size, dtype=m.properties.dtype)
+    dcp.load({"model": tensors}, checkpoint_id=str(path), no_dist=True)
+    return cfg, to_model_layout(tensors, cfg)
+
+
 def consolidate(src: Path, out: Path) -> Path:
     """A DCP checkpoint (or a run folder's newest) → `out/checkpoints/step_N/` with model.safetensors in the
     model's own layout, loadable by `kamado generate`, `export`, `sft` and the evaluation commands. One process."""
     found = ckpt.find_checkpoint(src)
     if not is_dcp(found):
         raise CheckpointError(f"{found} is already a one-process checkpoint (model.safetensors): nothing to do")
+    cfg, tensors = consolidated_weights(found)
     state = json.loads((found / "state.json").read_text(encoding="utf-8"))
-    cfg = from_dict(ModelConfig, state["config"]["model"])
     with torch.device("meta"):
         model = Transformer(cfg)
-    names = [n for n, _ in model.named_parameters()]
-    meta = dcp.FileSystemReader(str(found)).read_metadata().state_dict_metadata
-    tensors = {}
-    for n in names:
-        m = meta.get(f"model.{n}")
-        if not isinstance(m, TensorStorageMetadata):
-            raise CheckpointError(f"{found} holds no tensor model.{n}: not a checkpoint of this model")
-        tensors[n] = torch.empty(m.size, dtype=m.properties.dtype)
-    dcp.load({"model": tensors}, checkpoint_id=str(found), no_dist=True)
     model.to_empty(device="cpu")
-    model.load_state_dict(to_model_layout(tensors, cfg), strict=False)
+    model.load_state_dict(tensors, strict=False)
     model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
     keep = {k: v for k, v in state.items() if k not in ("step", "layout")}
     return ckpt.save_checkpoint(out / "checkpoints", int(state["step"]), model, None, keep, keep_last=0)

@@ -29,6 +29,7 @@ from kamado.errors import ConfigError, DataError
 from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
 from kamado.eval.pfgen.stage import pfgen_stage
 from kamado.faults import failpoint
+from kamado.recipe import distributed
 from kamado.recipe.evaluation import jaster_stage, judge_stage
 from kamado.recipe.posttrain import posttrain_stages
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
@@ -38,7 +39,7 @@ from kamado.serve.export_hf import export_hf
 from kamado.serve.hf_check import compare_with_transformers
 from kamado.tokenizer import Tokenizer
 from kamado.tokenizer.train import train_tokenizer
-from kamado.train.pretrain import pretrain
+from kamado.train.pretrain import pretrain, wants_distributed
 
 console = Console()
 
@@ -82,6 +83,8 @@ def web_corpus(cfg: RunConfig, warc_dir: Path, out: Path) -> dict[str, Any]:
 
 
 def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
+    if not distributed.start(cfg):  # under torchrun, ranks other than 0 only pre-train (kamado.recipe.distributed)
+        return distributed.follow(cfg)
     base = recipe_path.resolve().parent
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,9 +150,11 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         cfg.data.val_sources = [SourceConfig(f"heldout_{k}", str(out / "data" / f"heldout_{k}")) for k in heldout]
 
     # 3. pre-training ---------------------------------------------------------------------------------------
+    distributed.share_config(cfg)
     result = stages.run("pretrain", lambda: pretrain(cfg))
     trainer = result["trainer"]
-    model = trainer.model
+    model = distributed.pretrained_model(out) if wants_distributed(cfg) else trainer.model
+    result["num_params"] = sum(p.numel() for p in model.parameters())
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "tokens_per_s" in r]
     c, t = cfg.model, cfg.train
     summary["train_rows"] += [

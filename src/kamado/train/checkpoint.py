@@ -143,6 +143,16 @@ def publish(root: Path, tmp: Path, final: Path, keep_last: int, fmt: str = "safe
     return final
 
 
+def add_model_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Add `model.safetensors` to a sealed checkpoint (a distributed one, consolidated), then list it in the
+    integrity record. A kill in between leaves a file the record does not list: the checkpoint stays valid."""
+    _save_tensors(tensors, folder / "model.safetensors")
+    record = json.loads((folder / INTEGRITY).read_text(encoding="utf-8"))
+    path = folder / "model.safetensors"
+    record["files"]["model.safetensors"] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    atomic_write_text(folder / INTEGRITY, json.dumps(record, indent=1))
+
+
 def recover_interrupted_saves(root: str | Path) -> None:
     """Finish or undo saves a kill interrupted. Only the process that writes checkpoints may call this."""
     root = Path(root)
@@ -250,7 +260,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model_weights(model: nn.Module, ckpt: str | Path) -> None:
     path = Path(ckpt)
-    if (path / ".metadata").is_file():
+    if (path / ".metadata").is_file() and not (path / "model.safetensors").is_file():
         raise CheckpointError(
             f"{path} is a distributed (DCP) checkpoint: `kamado checkpoint consolidate {path} --out DIR` writes one "
             "that this command reads"
