@@ -46,13 +46,23 @@ from kamado.train import checkpoint as ckpt
 _OPTS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
-def _app_state(stages: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, dict[str, Any]]:
+def _has_state(optimizers: Sequence[torch.optim.Optimizer]) -> bool:
+    return all(len(opt.state) > 0 for opt in optimizers)
+
+
+def _app_state(
+    stages: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], with_optim: bool
+) -> dict[str, dict[str, Any]]:
+    """Model (and AdamW) state by full-model names. `with_optim` only once AdamW has state: asked for the state
+    of a fresh optimizer, torch's `get_optimizer_state_dict` creates it by running a step on zero gradients, which
+    advances AdamW's step count and changes its first real update (caught by the stability-monitor test)."""
     model: dict[str, Any] = {}
     optim: dict[str, Any] = {}
     for stage, opt in zip(stages, optimizers, strict=True):
         model.update(get_model_state_dict(stage, options=_OPTS))
-        optim.update(get_optimizer_state_dict(stage, opt, options=_OPTS))
-    return {"model": model, "optim": optim}
+        if with_optim:
+            optim.update(get_optimizer_state_dict(stage, opt, options=_OPTS))
+    return {"model": model, "optim": optim} if with_optim else {"model": model}
 
 
 def is_dcp(path: Path) -> bool:
@@ -75,11 +85,13 @@ def save_dcp(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
-    dcp.save(_app_state(stages, optimizers), checkpoint_id=str(tmp))
+    with_optim = _has_state(optimizers)  # a step-0 save (the first rollback target) has no AdamW state yet
+    dcp.save(_app_state(stages, optimizers, with_optim), checkpoint_id=str(tmp))
     failpoint("parallel.after_dcp_save")
     dist.barrier()  # every rank's shards are on disk before the folder is sealed
     if dist.get_rank() == 0:
-        atomic_write_text(tmp / "state.json", json.dumps({"step": step, **state}, indent=1))
+        state = {"step": step, "optimizer": with_optim, **state}
+        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
         ckpt.publish(root, tmp, final, keep_last, fmt="dcp", hashes=False)
     dist.barrier()
     return final
@@ -95,12 +107,16 @@ def load_dcp(path: Path, stages: Sequence[nn.Module], optimizers: Sequence[torch
             f"{path} is a one-process checkpoint; a distributed run resumes from DCP checkpoints only "
             "(start the distributed run in a new folder)"
         )
-    app = _app_state(stages, optimizers)
+    state: dict[str, Any] = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    with_optim = bool(state.get("optimizer", True))
+    app = _app_state(stages, optimizers, with_optim)
     dcp.load(app, checkpoint_id=str(path))
     for stage, opt in zip(stages, optimizers, strict=True):
         set_model_state_dict(stage, app["model"], options=StateDictOptions(strict=False))
-        set_optimizer_state_dict(stage, opt, app["optim"], options=_OPTS)
-    state: dict[str, Any] = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        if with_optim:
+            set_optimizer_state_dict(stage, opt, app["optim"], options=_OPTS)
+        else:  # saved before the first update: AdamW starts afresh, as after the one-process trainer's restore
+            opt.state.clear()
     return state
 
 

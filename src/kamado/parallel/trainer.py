@@ -127,6 +127,10 @@ class DistributedTrainer(Trainer):
         self.pending_spikes = []
         self.saved_step = self.step
 
+    def truncate_metrics(self) -> None:
+        if dist.get_rank() == 0:  # the rank that logs
+            super().truncate_metrics()
+
     def recover_saves(self) -> None:
         if dist.get_rank() == 0:
             ckpt.recover_interrupted_saves(self.ckpt_dir)

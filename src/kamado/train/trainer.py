@@ -113,6 +113,10 @@ class Trainer:
         self.pending_spikes = []
         self.saved_step = self.step
 
+    def truncate_metrics(self) -> None:
+        """After a rollback: the logged steps past the restored one are gone from metrics.jsonl."""
+        truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)
+
     def recover_saves(self) -> None:
         ckpt.recover_interrupted_saves(self.ckpt_dir)
 
@@ -209,7 +213,7 @@ class Trainer:
                     raise RuntimeError("stability monitor asked for a rollback but no checkpoint exists")
                 self.restore(target)
                 self.skip_positions |= set(bad)
-                truncate_jsonl(self.out_dir / "metrics.jsonl", self.step)
+                self.truncate_metrics()
                 self._emit({"event": "rollback", "to_step": self.step, "skipped_batches": len(bad)})
                 continue
             self.step += 1
