@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from kamado.config import load_config
+from kamado.train.speed import flops_per_token
+
 from .conftest import assert_same_curve
 
 LAYOUTS = {
@@ -31,6 +34,9 @@ def test_layout_matches_one_process(runs, single, name):
     runs.train(out, *overrides, nproc=nproc)
     got, want = runs.metrics(out), runs.metrics(single)
     assert_same_curve(got, want, what=name)
+    speed = next(r for r in got if "mfu" in r)  # MFU over all the run's devices: peak (1e9 in the config) × ranks
+    flops = flops_per_token(load_config(runs.config).model, 32)
+    assert speed["mfu"] == pytest.approx(speed["tokens_per_s"] * flops / (1e9 * nproc), rel=1e-6)
     val = [r["val_ce"] for r in got if "val_ce" in r]
     assert val and val == pytest.approx([r["val_ce"] for r in want if "val_ce" in r], rel=2e-5)
 

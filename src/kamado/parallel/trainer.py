@@ -17,8 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kamado.config import RunConfig, to_dict
-from kamado.errors import ConfigError
+from kamado.config import RunConfig
 from kamado.model.loss import LossOutput, lm_loss
 from kamado.parallel import checkpoint as dckpt
 from kamado.parallel.clip import clip_grads
@@ -30,7 +29,6 @@ from kamado.parallel.pipeline import build_schedule, microbatches
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback
 from kamado.train.optim import build_optimizer
-from kamado.train.stability import StabilityMonitor
 from kamado.train.trainer import Batch, BatchLoader, Trainer
 
 
@@ -63,25 +61,12 @@ class DistributedTrainer(Trainer):
         val_batches: Callable[[], Iterable[Batch]] | None = None,
         callbacks: list[Callback] | None = None,
     ):
-        if cfg.train.dtype not in ("bf16", "fp32"):
-            raise ConfigError(f"train.dtype must be 'bf16' or 'fp32', got '{cfg.train.dtype}'")
-        self.cfg, self.layout, self.device = cfg, layout, layout.device
+        self.layout, self.device = layout, layout.device
         self.stages = build_stages(cfg, layout)
         self.model = nn.ModuleList(self.stages)
         self.optimizers = [build_optimizer(s, cfg.optim) for s in self.stages]
         self.optimizer = OptimizerGroup(self.optimizers)  # type: ignore[assignment]  # AdamW's interface, for the loop
-        self.loader, self.val_batches = loader, val_batches
-        self.out_dir = Path(out_dir)
-        self.ckpt_dir = self.out_dir / "checkpoints"
-        self.callbacks = callbacks or []
-        self.monitor = StabilityMonitor(cfg.stability)
-        self.step = 0
-        self.skip_positions: set[str] = set()
-        self.pending_spikes: list[str] = []
-        self.last_eval: dict[str, Any] | None = None
-        self.saved_step = -1
-        self.peak_flops = cfg.train.peak_flops
-        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
+        self.init_loop(cfg, loader, out_dir, val_batches, callbacks)
         self.world_size = dist.get_world_size()
         self.tp_group = layout.group("tp") if layout.tp > 1 else None
         self.pp_group = layout.group("pp") if layout.pp > 1 else None
@@ -98,34 +83,18 @@ class DistributedTrainer(Trainer):
             local = self.rows.stop - self.rows.start
             self.n_micro = microbatches(cfg, local)
             self.schedule = build_schedule(cfg, layout, self.stages, self.n_micro, self._pipeline_loss)
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
 
     # ---------------------------------------------------------------------------------------------- state
-    def save_checkpoint(self) -> Path:
-        state = {
-            "loader": self.loader.state_dict(),
-            "stability": self.monitor.state_dict(),
-            "skip_positions": sorted(self.skip_positions),
-            "last_eval": self.last_eval,
-            "config": to_dict(self.cfg),
-            "layout": self.layout.describe(),
-        }
-        path = dckpt.save_dcp(
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {**super().checkpoint_state(), "layout": self.layout.describe()}
+
+    def write_checkpoint(self, state: dict[str, Any]) -> Path:
+        return dckpt.save_dcp(
             self.ckpt_dir, self.step, self.stages, self.optimizers, state, self.cfg.checkpoint.keep_last
         )
-        self.saved_step = self.step
-        return path
 
-    def restore(self, path: Path) -> None:
-        state = dckpt.load_dcp(path, self.stages, self.optimizers)
-        self.step = int(state["step"])
-        self.loader.load_state_dict(state["loader"])
-        self.monitor.load_state_dict(state["stability"])
-        self.skip_positions |= set(state["skip_positions"])
-        self.last_eval = state.get("last_eval")
-        self.pending_spikes = []
-        self.saved_step = self.step
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        return dckpt.load_dcp(path, self.stages, self.optimizers)
 
     def truncate_metrics(self) -> None:
         if dist.get_rank() == 0:  # the rank that logs

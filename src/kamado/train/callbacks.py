@@ -48,7 +48,8 @@ class SpeedMonitor(Callback):
             dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else torch.float32
             peak = measure_matmul_peak(dtype, device=trainer.device)
         trainer.peak_flops = peak
-        self.meter = SpeedMeter(flops_per_token(cfg.model, cfg.data.seq_len), peak)
+        devices = getattr(trainer, "world_size", 1)  # a distributed run's tokens/s is over all its devices
+        self.meter = SpeedMeter(flops_per_token(cfg.model, cfg.data.seq_len), peak * devices)
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         self.meter.add(trainer.tokens_per_step)

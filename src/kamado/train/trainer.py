@@ -62,17 +62,29 @@ class Trainer:
         val_batches: Callable[[], Iterable[Batch]] | None = None,
         callbacks: list[Callback] | None = None,
     ):
+        self.device = training_device(cfg.train.device)
+        self.model = model.to(self.device)  # before the optimizer, whose state follows the parameters
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.forward = torch.compile(model) if cfg.train.compile else model
+        self.init_loop(cfg, loader, out_dir, val_batches, callbacks)
+
+    def init_loop(
+        self,
+        cfg: RunConfig,
+        loader: BatchLoader,
+        out_dir: str | Path,
+        val_batches: Callable[[], Iterable[Batch]] | None,
+        callbacks: list[Callback] | None,
+    ) -> None:
+        """The loop's state, whatever holds the model (this class, or the distributed trainer's stages)."""
         if cfg.train.dtype not in ("bf16", "fp32"):
             raise ConfigError(f"train.dtype must be 'bf16' or 'fp32', got '{cfg.train.dtype}'")
-        self.device = training_device(cfg.train.device)
         self.cfg = cfg
-        self.model = model.to(self.device)  # before the optimizer, whose state follows the parameters
         self.loader = loader
         self.val_batches = val_batches
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.callbacks = callbacks or []
-        self.optimizer = build_optimizer(model, cfg.optim)
         self.monitor = StabilityMonitor(cfg.stability)
         self.step = 0
         self.skip_positions: set[str] = set()  # loader positions whose batches caused a rollback
@@ -81,7 +93,6 @@ class Trainer:
         self.saved_step = -1  # the step of the checkpoint the state in memory equals (saved or restored)
         self.peak_flops = cfg.train.peak_flops
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
-        self.forward = torch.compile(model) if cfg.train.compile else model
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
 
@@ -89,22 +100,32 @@ class Trainer:
     def loader_position(self) -> str:
         return json.dumps(self.loader.state_dict(), sort_keys=True)
 
-    def save_checkpoint(self) -> Path:
-        state = {
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint holds beside the tensors (JSON)."""
+        return {
             "loader": self.loader.state_dict(),
             "stability": self.monitor.state_dict(),
             "skip_positions": sorted(self.skip_positions),
             "last_eval": self.last_eval,
             "config": to_dict(self.cfg),
         }
-        path = ckpt.save_checkpoint(
-            self.ckpt_dir, self.step, self.model, self.optimizer, state, self.cfg.checkpoint.keep_last
-        )
+
+    def save_checkpoint(self) -> Path:
+        path = self.write_checkpoint(self.checkpoint_state())
         self.saved_step = self.step
         return path
 
+    def write_checkpoint(self, state: dict[str, Any]) -> Path:
+        return ckpt.save_checkpoint(
+            self.ckpt_dir, self.step, self.model, self.optimizer, state, self.cfg.checkpoint.keep_last
+        )
+
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Restore the tensors (model, optimizer, RNG) in place; return the JSON state."""
+        return ckpt.load_checkpoint(path, self.model, self.optimizer)
+
     def restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        state = self.read_checkpoint(path)
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])
         self.monitor.load_state_dict(state["stability"])
