@@ -28,6 +28,7 @@ from pathlib import Path
 from kamado.config_checks import AT_LEAST_ONE, Range, check_value
 from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
 from kamado.eval.commands import add_eval_parsers
+from kamado.experiments.commands import add_experiment_parsers
 from kamado.parallel.commands import add_parallel_parsers
 from kamado.parallel.plan_commands import add_plan_parser
 from kamado.posttrain.commands import add_posttrain_parsers
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_posttrain_data_parser(sub)  # posttrain-data (kamado.posttrain.commands_data)
     add_eval_parsers(sub)  # eval jaster|jaster-prepare|judge|judge-scores (kamado.eval.commands)
     add_parallel_parsers(sub)  # checkpoint consolidate (kamado.parallel.commands)
+    add_experiment_parsers(sub)  # experiment stability (kamado.experiments.commands)
     return p
 
 

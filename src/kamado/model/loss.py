@@ -25,6 +25,7 @@ class LossOutput:
     ce: torch.Tensor  # mean cross-entropy (nats/token), detached
     z_loss: torch.Tensor  # mean logsumexp², detached (before the coefficient)
     token_count: torch.Tensor  # scored tokens, as a tensor: reading it as a number waits for the device
+    log_z: torch.Tensor | None = None  # mean logsumexp (log Z of the output softmax), detached: what Z-loss pulls to 0
 
     @property
     def num_tokens(self) -> int:
@@ -45,7 +46,8 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss_coef: float = 1e
     ce = ((lse - target_logit) * valid).sum() / n  # all ignored: 0, with a (zero) gradient path
     z = ((lse * lse) * valid).sum() / n
     loss = ce + z_loss_coef * z if z_loss_coef > 0 else ce
-    return LossOutput(loss, ce.detach(), z.detach(), count)
+    log_z = ((lse * valid).sum() / n).detach()
+    return LossOutput(loss, ce.detach(), z.detach(), count, log_z)
 
 
 _WORKSPACE = threading.local()  # per thread: two threads computing a loss at once must not share buffers
@@ -94,6 +96,7 @@ class _LinearLMLoss(torch.autograd.Function):
         n = max(int(valid.sum()), 1)
         ce_sum = h.new_zeros((), dtype=torch.float32)
         z_sum = h.new_zeros((), dtype=torch.float32)
+        lse_sum = h.new_zeros((), dtype=torch.float32)
         rows = min(chunk_rows, h.shape[0])
         logits = _workspace("logits", (rows, w.shape[0]), compute_dtype, h.device)  # then their gradient
         x = _workspace("x", logits.shape, torch.float32, h.device)  # float32 work buffer for the softmax
@@ -113,6 +116,7 @@ class _LinearLMLoss(torch.autograd.Function):
                 lse = m + sum_exp.log()
                 ce_sum += ((lse - target_logit) * vc).sum()
                 z_sum += ((lse * lse) * vc).sum()
+                lse_sum += (lse * vc).sum()
                 if need_grad:
                     scale = vc.float() / n
                     xc.mul_((1 + 2 * coef * lse) * scale / sum_exp)
@@ -123,12 +127,12 @@ class _LinearLMLoss(torch.autograd.Function):
                     grad_w.add_(grad_w_chunk32.copy_(torch.mm(lg.T, hc, out=grad_w_chunk)))
         if need_grad:  # kept on ctx, not saved: backward scales them in place and hands them over without a copy
             ctx.grads = grad_h.view(hidden.shape).to(hidden.dtype), grad_w.to(weight.dtype)
-        ce, z = ce_sum / n, z_sum / n
-        ctx.mark_non_differentiable(ce, z)
-        return ce + coef * z, ce, z
+        ce, z, log_z = ce_sum / n, z_sum / n, lse_sum / n
+        ctx.mark_non_differentiable(ce, z, log_z)
+        return ce + coef * z, ce, z, log_z
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_ce, _grad_z):
+    def backward(ctx, grad_loss, _grad_ce, _grad_z, _grad_log_z):
         if not hasattr(ctx, "grads"):
             raise RuntimeError("linear_lm_loss supports one backward pass per forward (its gradients are handed over)")
         grad_h, grad_w = ctx.grads
@@ -152,5 +156,6 @@ def linear_lm_loss(
     compute_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     n = int((targets != IGNORE_INDEX).sum())
-    loss, ce, z = _LinearLMLoss.apply(hidden, weight, targets, z_loss_coef, chunk_rows, compute_dtype, need_grad)
-    return LossOutput(loss, ce.detach(), z.detach(), torch.tensor(n))
+    out = _LinearLMLoss.apply(hidden, weight, targets, z_loss_coef, chunk_rows, compute_dtype, need_grad)
+    loss, ce, z, log_z = out
+    return LossOutput(loss, ce.detach(), z.detach(), torch.tensor(n), log_z.detach())

@@ -17,6 +17,7 @@ Layout of fused weights (for speed: one matmul instead of three / two): `qkv_pro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -88,6 +89,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.probe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # sees q, k after RoPE
 
     def forward(
         self,
@@ -111,6 +113,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k = apply_rope(k.transpose(1, 2), cos, sin)
+        if self.probe is not None:  # experiments' attention-logit probe (kamado.experiments.probes); off: this check
+            self.probe(self.layer, q, k)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         if mask is not None:

@@ -62,4 +62,4 @@ def vocab_parallel_lm_loss(
     ce = ((lse - target_logit) * valid).sum() / n
     z = ((lse * lse) * valid).sum() / n
     loss = ce + z_loss_coef * z if z_loss_coef > 0 else ce
-    return LossOutput(loss, ce.detach(), z.detach(), count)
+    return LossOutput(loss, ce.detach(), z.detach(), count, ((lse * valid).sum() / n).detach())

@@ -158,7 +158,10 @@ class Trainer:
     def objective(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss to minimise on one micro-batch and its metrics; post-training trainers replace it (DPO)."""
         out = self.lm_output(batch, z_loss_coef=self.cfg.train.z_loss)
-        return out.loss, {"loss": float(out.loss.detach()), "ce": float(out.ce), "z_loss": float(out.z_loss)}
+        metrics = {"loss": float(out.loss.detach()), "ce": float(out.ce), "z_loss": float(out.z_loss)}
+        if out.log_z is not None:
+            metrics["log_z"] = float(out.log_z)
+        return out.loss, metrics
 
     def forward_backward(self, *batch: torch.Tensor) -> dict[str, float]:
         batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
