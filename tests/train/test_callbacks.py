@@ -194,3 +194,13 @@ def test_a_resumed_logger_rewrites_history_after_its_step_in_jsonl_and_tensorboa
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()  # the second writer's purge_step hides the first run's steps 4 and 5
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 11), (2, 12), (3, 13), (4, 24), (5, 25)]
+
+
+@pytest.mark.parametrize(("every", "want"), [(1, [1, 2, 3, 4, 5]), (2, [2, 4, 5]), (0, [5])])
+def test_checkpointer_saves_every_n_steps_and_at_the_end(tiny_cfg, loader_cls, every, want):
+    """`checkpoint.every = 1` saves after every step (mutmut: `every > 1` let it save only at the end)."""
+    tiny_cfg.train.steps, tiny_cfg.checkpoint.every, tiny_cfg.checkpoint.keep_last = 5, every, 0
+    tiny_cfg.stability.enabled = False  # no step-0 rollback target
+    _trainer(tiny_cfg, loader_cls, [cb_module.Checkpointer()], val=False).fit()
+    saved = sorted(int(p.name.split("_")[1]) for p in (Path(tiny_cfg.out_dir) / "checkpoints").glob("step_*"))
+    assert saved == want
