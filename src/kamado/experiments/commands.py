@@ -55,6 +55,12 @@ def cmd_stability(args: argparse.Namespace, _overrides: list[str]) -> None:
     print(f"{len(results)} runs in {seconds / 60:.1f} min; page: {page}")
 
 
+def cmd_dpo_mix(args: argparse.Namespace, _overrides: list[str]) -> None:
+    from kamado.experiments.dpo_mix_report import run_and_report
+
+    run_and_report(args)
+
+
 def add_experiment_parsers(sub: Any) -> None:
     ex = sub.add_parser("experiment", help="controlled experiments on kamado's own corpus (results pages)")
     exs = ex.add_subparsers(dest="experiment_command", required=True, metavar="EXPERIMENT")
@@ -72,3 +78,20 @@ def add_experiment_parsers(sub: Any) -> None:
     st.add_argument("--page", default="", help="where the results page goes (default OUT/stability.md)")
     st.add_argument("--reading", default="", help="a Markdown file with the interpretation to put on the page")
     st.set_defaults(fn=cmd_stability)
+    dm = exs.add_parser(
+        "dpo-mix",
+        help="DPO with on-policy fraction 0, 0.25, 0.5, 0.75, 1 from one SFT model, scored on held-out test prompts",
+        description="DPO runs from the same SFT model that differ only in dpo.on_policy_fraction (× seeds), equal "
+        "pair counts, each scored on the held-out jaster-style test prompts (and judge benchmarks with an endpoint). "
+        "Each run resumable and skipped once finished. Writes runs/, the figures and a Markdown results page.",
+    )
+    dm.add_argument("--out", required=True, help="folder for the runs (created; rerun to resume)")
+    dm.add_argument("--quick", action="store_true", help="a tiny SFT model and 1 short DPO round per run (seconds)")
+    dm.add_argument("--base", default="", help="a `kamado run` folder with sft/ to start from (default: build one)")
+    dm.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each (default 2)")
+    dm.add_argument("--seeds", type=int, default=0, help="seeds per fraction (default 1)")
+    dm.add_argument("--page", default="", help="where the results page goes (default OUT/dpo_mix.md)")
+    dm.add_argument("--reading", default="", help="a Markdown file with the interpretation to put on the page")
+    dm.add_argument("--judge-url", default="", help="an OpenAI-compatible judge endpoint for the judge benchmarks")
+    dm.add_argument("--judge-model", default="", help="the judge endpoint's model name")
+    dm.set_defaults(fn=cmd_dpo_mix)

@@ -1,0 +1,97 @@
+"""`kamado experiment dpo-mix`: the summary is the hand-worked one, and the quick experiment's runs, page and figures
+agree with each other; a rerun skips finished runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kamado.experiments.dpo_mix_report import summarise, table_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(fraction, seed, scores, on, off, dropped=0, acc=1.0):
+    """A result.json as run_one writes it: held-out rows per task, then their mean."""
+    rows = [{"task": t, "score": s} for t, s in scores.items()]
+    mean = sum(scores.values()) / len(scores)
+    last = {"loss": 0.5, "reward_margin": 1.0, "reward_accuracy": acc}
+    rounds = [{"skipped": {"longer than the context": dropped}, "train_last_tenth": last}]
+    return {
+        "name": f"f{fraction}_s{seed}",
+        "fraction": fraction,
+        "seed": seed,
+        "heldout": [*rows, {"task": "mean", "score": mean}],
+        "heldout_mean": mean,
+        "pairs_on_policy": on,
+        "pairs_off_policy": off,
+        "rounds": rounds,
+        "seconds": 10.0 * (seed + 1),
+    }
+
+
+def test_summary_of_hand_worked_runs():
+    sft = _run(None, 0, {"a": 0.2, "b": 0.3}, on=0, off=0)  # the reference row: no DPO, mean 0.25
+    results = [
+        sft,
+        _run(1.0, 1, {"a": 0.6, "b": 0.2}, on=8, off=2, acc=0.5),  # mean 0.4
+        _run(1.0, 0, {"a": 0.4, "b": 0.0}, on=10, off=0, dropped=2, acc=1.0),  # mean 0.2
+        _run(0.0, 0, {"a": 0.1, "b": 0.1}, on=0, off=9, dropped=1),  # mean 0.1
+    ]
+    s = summarise(results)
+    assert s["sft"] == {"a": 0.2, "b": 0.3} and s["sft_mean"] == 0.25
+    zero, one = s["fractions"]  # sorted by fraction
+    assert zero["fraction"] == 0.0 and zero["std"] == 0.0 and zero["on_share"] == 0.0
+    assert zero["delta"] == pytest.approx(0.1 - 0.25) and zero["dropped"] == 1
+    assert one["seeds"] == [0, 1] and one["per_seed"] == pytest.approx([0.2, 0.4])
+    assert one["mean"] == pytest.approx(0.3) and one["delta"] == pytest.approx(0.05)
+    assert one["std"] == pytest.approx(0.1 * 2**0.5)  # sample s.d. of {0.2, 0.4}: sqrt(2 · 0.1² / 1)
+    assert one["pairs_on"] == 9 and one["pairs_off"] == 1 and one["on_share"] == pytest.approx(18 / 20)
+    assert one["dropped"] == 1 and one["reward_accuracy"] == 0.75 and one["seconds"] == 15.0
+    assert one["tasks"] == pytest.approx({"a": 0.5, "b": 0.1})
+    lines = table_lines(s)
+    assert lines[2] == "| 0 | 0.00 | 0 + 9 (1) | 0.100 | 0.000 | -0.150 | 0.500 | 1.000 | 1.00 |"
+    assert lines[3] == "| 1 | 0.90 | 9 + 1 (1) | 0.300 | 0.141 | +0.050 | 0.500 | 1.000 | 0.75 |"
+    assert lines[4] == "| SFT (no DPO) | — | — | 0.250 | — | — | — | — | — |"
+
+
+def test_judge_url_without_model_is_one_line_error(tmp_path):
+    cmd = [sys.executable, "-m", "kamado.cli", "experiment", "dpo-mix", "--quick", "--out", str(tmp_path)]
+    r = subprocess.run([*cmd, "--judge-url", "http://x/v1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--judge-model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_the_quick_experiment_end_to_end(tmp_path):
+    out, page = tmp_path / "mix", tmp_path / "page" / "dpo_mix.md"
+    cmd = [sys.executable, "-m", "kamado.cli", "experiment", "dpo-mix", "--quick", "--out", str(out)]
+    r = subprocess.run([*cmd, "--page", str(page)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/result.json")}
+    assert sorted(results) == ["f0.25_s0", "f0.5_s0", "f0.75_s0", "f0_s0", "f1_s0", "sft"]
+    for name, res in results.items():
+        assert len(res["heldout"]) == 13 and res["heldout_mean"] == res["heldout"][-1]["score"]  # 12 tasks + mean
+        if name == "sft":
+            continue
+        pairs = [json.loads(x) for x in (out / "runs" / name / "dpo/round_1/pairs.jsonl").read_text().splitlines()]
+        on = sum(p.get("source") == "on_policy" for p in pairs)
+        assert (res["pairs_on_policy"], res["pairs_off_policy"]) == (on, len(pairs) - on)  # what was trained on
+        assert res["pairs_on_policy"] + res["pairs_off_policy"] <= 6  # pairs_per_round of the quick grid
+        if res["fraction"] == 0:
+            assert res["pairs_on_policy"] == 0
+    summary = summarise(list(results.values()))
+    text = page.read_text()
+    for line in table_lines(summary):  # the page's table is the runs' own numbers
+        assert line in text
+    for row in summary["fractions"]:
+        runs = [res for res in results.values() if res["fraction"] == row["fraction"]]
+        assert row["mean"] == pytest.approx(sum(x["heldout_mean"] for x in runs) / len(runs))
+    for fig in ("dpo_mix_heldout.png", "dpo_mix_train.png"):
+        assert (page.parent / "figures" / fig).stat().st_size > 10_000 and f"figures/{fig}" in text
+    mtimes = {p: p.stat().st_mtime for p in out.glob("runs/*/result.json")}
+    r = subprocess.run([*cmd, "--page", str(page)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and {p: p.stat().st_mtime for p in mtimes} == mtimes  # finished runs are skipped
