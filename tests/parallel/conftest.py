@@ -109,10 +109,10 @@ def single(runs: Runs) -> Path:
 
 
 def assert_same_curve(got: list[dict], want: list[dict], rel: float = 2e-5, what: str = "") -> None:
-    """Loss, CE, Z-loss and gradient norm of every step, within `rel` (float32 reduction order differs)."""
+    """Loss, CE, Z-loss, log Z and gradient norm of every step, within `rel` (float32 reduction order differs)."""
     steps = [r for r in got if "loss" in r]
     ref = [r for r in want if "loss" in r]
     assert [r["step"] for r in steps] == [r["step"] for r in ref], what
     for a, b in zip(steps, ref, strict=True):
-        for key in ("loss", "ce", "z_loss", "grad_norm"):
+        for key in ("loss", "ce", "z_loss", "log_z", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=rel), f"{what} step {a['step']} {key}: {a[key]} vs {b[key]}"

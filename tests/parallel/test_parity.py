@@ -5,6 +5,8 @@ gradient norm (float32; what differs is only the order of reductions — observe
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from kamado.config import load_config
@@ -67,3 +69,23 @@ def test_bad_layouts_are_one_line_errors(runs):
     assert "but the world size is 2" in r.stderr
     r = runs.train(runs.root / "bad3", "--parallel.tp=2", check=False)  # no launcher
     assert r.returncode == 2 and "launch with `torchrun" in r.stderr
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_one_process(runs, single):
+    """`parallel.compile`: each block through torch.compile (inductor, on the CPU), the loss too."""
+    out = runs.root / "compiled"
+    runs.train(out, "--parallel.compile=true", nproc=1)
+    assert_same_curve(runs.metrics(out), runs.metrics(single), what="compiled")
+
+
+def test_meta_init_builds_each_shard_in_place_and_trains(runs, single):
+    """`parallel.meta_init`: no full model on the host; the same distributions, other numbers (so not the same
+    curve), a finite loss that falls."""
+    out = runs.root / "meta"
+    runs.train(out, "--parallel.meta_init=true", "--parallel.tp=2", nproc=2)
+    got = [r for r in runs.metrics(out) if "loss" in r]
+    ref = [r for r in runs.metrics(single) if "loss" in r]
+    assert got[0]["loss"] != ref[0]["loss"]  # initialised shard by shard, not copied from the host-built model
+    assert abs(got[0]["loss"] - ref[0]["loss"]) < 0.1  # ...from the same distributions (both near ln 128 = 4.85)
+    assert all(math.isfinite(r["loss"]) for r in got) and got[-1]["loss"] < got[0]["loss"] - 0.3

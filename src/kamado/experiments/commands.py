@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import Any
 
 
+def record_timing(out: Path, trained: int, seconds: float) -> dict[str, Any]:
+    """Wall time spent training the grid, summed over the invocations that trained runs (a rerun that only
+    rebuilds the page adds nothing), so the page states what the grid cost, not what its last call did."""
+    path = out / "timing.json"
+    timing = json.loads(path.read_text()) if path.is_file() else {"trained_runs": 0, "wall_seconds": 0.0}
+    if trained:
+        timing = {"trained_runs": timing["trained_runs"] + trained, "wall_seconds": timing["wall_seconds"] + seconds}
+        path.write_text(json.dumps(timing))
+    return timing
+
+
 def cmd_stability(args: argparse.Namespace, _overrides: list[str]) -> None:
     from kamado.experiments.report import plot, summarise, write_page
     from kamado.experiments.stability import Grid, run_grid
@@ -25,9 +36,11 @@ def cmd_stability(args: argparse.Namespace, _overrides: list[str]) -> None:
         grid.steps = args.steps
     if args.seeds:
         grid.seeds = list(range(args.seeds))
+    todo = sum(not (out / "runs" / r["name"] / "result.json").is_file() for r in grid.runs())
     t0 = time.perf_counter()
     results = run_grid(out, grid, args.workers)
-    seconds = time.perf_counter() - t0
+    timing = record_timing(out, todo, time.perf_counter() - t0)
+    seconds = timing["wall_seconds"]
     summary = summarise(results)
     page = Path(args.page) if args.page else out / "stability.md"
     figures = plot(out, results, summary, page.parent / "figures")
@@ -36,6 +49,7 @@ def cmd_stability(args: argparse.Namespace, _overrides: list[str]) -> None:
         "command": "kamado " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "runs": len(results),
+        "trained_runs": timing["trained_runs"],
         "seconds": seconds,
         "workers": args.workers,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),

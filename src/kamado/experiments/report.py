@@ -98,6 +98,8 @@ def plot(out: Path, results: list[dict[str, Any]], summary: dict[str, dict[str, 
             ax.plot(
                 [r["step"] for r in rows], ys, label=f"QK-Norm {'on' if qk else 'off'}, Z-loss {'on' if z else 'off'}"
             )
+        if key.endswith("_"):
+            ax.set_yscale("log")  # attention logits span orders of magnitude between the variants
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_title(f"{label}, learning rate {top:g}")
@@ -115,8 +117,8 @@ def write_page(page: Path, summary: dict[str, dict[str, Any]], figures: list[str
         "# QK-Norm and Z-loss against learning rate (kamado experiment stability)",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['runs']} runs in {meta['seconds'] / 60:.1f} min with {meta['workers']} "
-        f"worker processes; {meta['date']}.  ",
+        f"Machine: {meta['machine']}; {meta['runs']} runs; training them took {meta['seconds'] / 60:.1f} min of wall "
+        f"time with {meta['workers']} worker processes; page made {meta['date']}.  ",
         f"Grid: {meta['grid']}",
         "",
         "Stability monitor off for every run (a skipped or rolled-back spike would hide a divergence); weight decay "

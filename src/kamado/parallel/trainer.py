@@ -28,7 +28,7 @@ from kamado.parallel.parallelize import build_stages, stage_ids
 from kamado.parallel.pipeline import build_schedule, microbatches
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback
-from kamado.train.optim import build_optimizer
+from kamado.train.optim import build_optimizer, lr_at, set_lr
 from kamado.train.trainer import Batch, BatchLoader, Trainer
 
 
@@ -174,8 +174,6 @@ class DistributedTrainer(Trainer):
         return x.to(self.device), y.to(self.device)
 
     def train_step(self) -> dict[str, Any]:
-        from kamado.train.optim import lr_at, set_lr
-
         lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
         set_lr(self.optimizer, lr)
         self.model.train()
@@ -183,19 +181,15 @@ class DistributedTrainer(Trainer):
         for _ in range(self.cfg.train.grad_accum):
             self._micro_step(*self._batch(self.loader.next_batch()), backward=True)
         n = max(1, len(self._records))
-        sums = torch.tensor(
-            [
-                sum(float(r.loss) for r in self._records) / n,
-                sum(float(r.ce) for r in self._records) / n,
-                sum(float(r.z_loss) for r in self._records) / n,
-            ],
-            dtype=torch.float64,
-            device=self.device,  # NCCL reduces device tensors only
-        )
-        loss, ce, z = self._reduced(sums).tolist()
+        means = [
+            sum(float(getattr(r, key)) for r in self._records) / n for key in ("loss", "ce", "z_loss", "log_z")
+        ]  # log_z: every kamado loss sets it
+        sums = torch.tensor(means, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
+        loss, ce, z, log_z = self._reduced(sums).tolist()
         params = [p for s in self.stages for p in s.parameters()]
         norm = clip_grads(params, self.cfg.optim.grad_clip, self.pp_group)
-        return {"loss": loss, "ce": ce, "z_loss": z, "lr": lr, "grad_norm": norm if math.isfinite(norm) else math.inf}
+        grad_norm = norm if math.isfinite(norm) else math.inf
+        return {"loss": loss, "ce": ce, "z_loss": z, "log_z": log_z, "lr": lr, "grad_norm": grad_norm}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
