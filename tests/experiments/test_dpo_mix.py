@@ -41,9 +41,10 @@ def test_summary_of_hand_worked_runs():
         _run(1.0, 1, {"a": 0.6, "b": 0.2}, on=8, off=2, acc=0.5),  # mean 0.4
         _run(1.0, 0, {"a": 0.4, "b": 0.0}, on=10, off=0, dropped=2, acc=1.0),  # mean 0.2
         _run(0.0, 0, {"a": 0.1, "b": 0.1}, on=0, off=9, dropped=1),  # mean 0.1
+        {"name": "f1_s2", "fraction": 1.0, "seed": 2, "error": "DataError: ..."},  # counts nowhere but "failed"
     ]
     s = summarise(results)
-    assert s["sft"] == {"a": 0.2, "b": 0.3} and s["sft_mean"] == 0.25
+    assert s["sft"] == {"a": 0.2, "b": 0.3} and s["sft_mean"] == 0.25 and [r["name"] for r in s["failed"]] == ["f1_s2"]
     zero, one = s["fractions"]  # sorted by fraction
     assert zero["fraction"] == 0.0 and zero["std"] == 0.0 and zero["on_share"] == 0.0
     assert zero["delta"] == pytest.approx(0.1 - 0.25) and zero["dropped"] == 1

@@ -155,7 +155,23 @@ def last_tenth(metrics: Path) -> dict[str, float]:
 
 
 def run_one(args: tuple[dict[str, Any], dict[str, Any], str, str]) -> dict[str, Any]:
-    """One run, in a worker process: DPO with this mix (none for the SFT row), then the held-out scores."""
+    """One run, in a worker process. A run that stops on a KamadoError (bad data, a refused pair...) is returned as
+    {name, fraction, seed, error} and written to error.json, not result.json: the other runs go on, the page names
+    it, and a rerun tries it again."""
+    from kamado.errors import KamadoError
+
+    try:
+        return _run_one(args)
+    except KamadoError as e:
+        run, root = args[0], Path(args[3])
+        failed = {**args[0], "error": f"{type(e).__name__}: {e}"}
+        (root / "runs" / run["name"]).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / "runs" / run["name"] / "error.json", json.dumps(failed, indent=1, ensure_ascii=False))
+        return failed
+
+
+def _run_one(args: tuple[dict[str, Any], dict[str, Any], str, str]) -> dict[str, Any]:
+    """DPO with this run's mix (none for the SFT row), then the held-out scores, into result.json."""
     run, grid_dict, base_dir, root = args
     grid, base = MixGrid(**grid_dict), Path(base_dir)
     out = Path(root) / "runs" / run["name"]

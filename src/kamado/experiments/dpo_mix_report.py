@@ -16,7 +16,10 @@ from typing import Any
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """{"sft": {task: score}, "fractions": [{fraction, seeds, mean, std, delta, on_share, tasks, train...}]}."""
+    """{"sft": {task: score}, "fractions": [{fraction, seeds, mean, std, delta, on_share, tasks, train...}],
+    "failed": [runs that stopped with an error]}; a failed run counts nowhere else."""
+    failed = [r for r in results if "error" in r]
+    results = [r for r in results if "error" not in r]
     sft = next(r for r in results if r["fraction"] is None)
     by: dict[float, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
@@ -45,7 +48,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "seconds": statistics.mean(r["seconds"] for r in rs),
             }
         )
-    return {"sft": _task(sft), "sft_mean": sft["heldout_mean"], "fractions": rows}
+    return {"sft": _task(sft), "sft_mean": sft["heldout_mean"], "fractions": rows, "failed": failed}
 
 
 def _task(result: dict[str, Any]) -> dict[str, float]:
@@ -62,7 +65,7 @@ def plot(results: list[dict[str, Any]], summary: dict[str, Any], fig_dir: Path) 
     rows = summary["fractions"]
     xs = [r["fraction"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    dots = [(r["fraction"], r["heldout_mean"]) for r in results if r["fraction"] is not None]
+    dots = [(r["fraction"], r["heldout_mean"]) for r in results if r["fraction"] is not None and "error" not in r]
     ax.scatter([x for x, _ in dots], [y for _, y in dots], s=14, alpha=0.5, label="each run (seed)")
     ax.errorbar(xs, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o", capsize=3,
                 label="mean over seeds (± s.d.)")  # fmt: skip
@@ -142,6 +145,8 @@ def write_page(page: Path, summary: dict[str, Any], figures: list[str], meta: di
         "",
         *table_lines(summary),
         "",
+        *[f"Failed run `{r['name']}` (not in the table): {r['error']}" for r in summary["failed"]],
+        "",
         "Held-out score per task (mean over seeds):",
         "",
         *task_lines(summary),
@@ -189,7 +194,7 @@ def run_and_report(args: Any) -> Path:
         from kamado.recipe.evaluation import judge_section
 
         first = results[0]["judge"]
-        reports = {r["name"]: r["judge"]["reports"][r["name"]] for r in results}
+        reports = {r["name"]: r["judge"]["reports"][r["name"]] for r in results if "error" not in r}
         judge = "\n".join(judge_section({"judge": first["judge"], "reports": reports, "local": False}))
     made = "given with --base" if args.base else ("built by --quick" if args.quick else "built by the tiny recipe")
     meta = {
@@ -197,7 +202,7 @@ def run_and_report(args: Any) -> Path:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "runs": len(results),
         "seconds": seconds,
-        "run_seconds": sum(r["seconds"] for r in results),
+        "run_seconds": sum(r.get("seconds", 0.0) for r in results),
         "workers": args.workers,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "base": f"`{base / 'sft'}` ({made})",
