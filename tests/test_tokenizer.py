@@ -212,3 +212,17 @@ def test_zst_without_zstandard_is_a_clear_error(tmp_path: Path) -> None:
 def test_vocab_too_small_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="vocab_size"):
         train_tokenizer(["abc"], tmp_path, TokenizerConfig(vocab_size=100))
+
+
+@pytest.mark.parametrize("answer", ["n", "im", "user", "assistant", "<|im_end|>"])
+def test_a_short_answer_is_not_found_inside_the_markup(tok: Tokenizer, answer: str) -> None:
+    """Found by the DPO-mix experiment: the answer "n" was looked up in the rendered text and found in the markup's
+    "<|im_end|>", which then got encoded as plain text. The markup must stay special tokens and the answer text."""
+    messages = [{"role": "user", "content": "質問"}, {"role": "assistant", "content": answer}]
+    ids = tok.encode_chat(messages, add_generation_prompt=False)
+    assert tok.decode(ids) == tok.render_chat(messages, add_generation_prompt=False)
+    end = tok.token_id("<|im_end|>")
+    assert ids.count(end) == 2  # both turns closed by the special token, not by bytes that spell it
+    last = len(ids) - 1 - ids[::-1].index(end)
+    plain = tok.encode(answer)  # the answer as text, right before the closing special token
+    assert ids[last - len(plain) : last] == plain

@@ -131,11 +131,14 @@ def test_every_run_config_number(capsys, fault_counts: Counter[str], value: str)
         else:
             assert code == 0 and "parameters:" in out and not err, (t.key, lit, code, err)
             accepted.append(t.key)
-    if value in ("-1", "nan", "inf", "-inf"):
-        assert not accepted, accepted  # no field takes a negative or a non-finite number
+    if value == "-1":  # no field takes a negative number, but for the one whose -1 means "the rest"
+        assert accepted == ["parallel.dp_shard"], accepted  # dp_shard = -1: what the other degrees leave
+    if value in ("nan", "inf", "-inf"):
+        assert not accepted, accepted  # no field takes a non-finite number
     if value == "huge":  # 10^30 fits no integer field (int64 at most); 1e308 is a valid lr, temperature, ...
         assert all(t.kind is float for t in RUN_TARGETS if t.key in accepted), accepted
     if value == "0":  # the zeros that mean something (off, only at the end, greedy, no cap) stay valid
+        assert "parallel.dp_shard" not in accepted  # 0 ranks is refused (-1 asks for the rest)
         assert {"train.z_loss", "optim.grad_clip", "train.eval_every", "checkpoint.every"} <= set(accepted)
         assert {"generate.temperature", "generate.top_k", "schedule.warmup_steps"} <= set(accepted)
         assert not {"train.steps", "train.grad_accum", "optim.lr", "train.log_every"} & set(accepted)

@@ -81,10 +81,19 @@ class Tokenizer:
     def encode_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a rendered conversation; the markup's special strings are special tokens, and the
         messages' own text is encoded as plain text, so a user cannot forge a turn by typing "<|im_end|>"."""
-        ids: list[int] = []
-        text = self.render_chat(messages, add_generation_prompt)
         contents = [m["content"] for m in messages]
-        for i, piece in enumerate(_split_markup(text, contents)):
+        # The markup is found by rendering with placeholders no markup contains: searching for the contents
+        # themselves would find a short answer such as "n" inside the markup ("<|im_end|>") instead.
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+        marked = self.render_chat(
+            [{**m, "content": k} for m, k in zip(messages, marks, strict=True)], add_generation_prompt
+        )
+        pieces = _split_markup(marked, marks)
+        pieces[1::2] = contents
+        if "".join(pieces) != self.render_chat(messages, add_generation_prompt):
+            raise DataError("chat template does not write the messages verbatim; cannot tell markup from text")
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
             ids += self.encode(piece, allow_special=i % 2 == 0)
         return ids
 
