@@ -29,6 +29,7 @@ from typing import Any
 
 from kamado.atomic import atomic_write_text
 from kamado.errors import ConfigError
+from kamado.experiments.stability import finished_result
 
 ROOT = Path(__file__).resolve().parents[3]
 RECIPE = ROOT / "recipes" / "tiny.toml"
@@ -176,9 +177,9 @@ def _run_one(args: tuple[dict[str, Any], dict[str, Any], str, str]) -> dict[str,
     grid, base = MixGrid(**grid_dict), Path(base_dir)
     out = Path(root) / "runs" / run["name"]
     done = out / "result.json"
-    if done.is_file():
-        result: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
-        return result
+    finished = finished_result(out)
+    if finished is not None:
+        return finished
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

@@ -112,15 +112,24 @@ def run_config(run: dict[str, Any], grid: Grid, shards: Path, out: Path) -> Any:
     return cfg
 
 
+def finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's result.json (written last, atomically), or None: what makes a rerun skip a run."""
+    done = run_dir / "result.json"
+    if not done.is_file():
+        return None
+    result: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
+    return result
+
+
 def run_one(args: tuple[dict[str, Any], dict[str, Any], str, str]) -> dict[str, Any]:
     """One grid run, in a worker process: train with the probes attached, then summarise into result.json."""
     run, grid_dict, shards, root = args
     grid = Grid(**grid_dict)
     out = Path(root) / "runs" / run["name"]
     done = out / "result.json"
-    if done.is_file():
-        result: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
-        return result
+    finished = finished_result(out)
+    if finished is not None:
+        return finished
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from kamado.experiments.probes import AttentionLogitProbe, ProbeLogger
     from kamado.train.pretrain import build_trainer
