@@ -285,3 +285,30 @@ def test_the_pair_context_rule_is_exact_at_its_boundary_and_counts_every_skip(to
     assert len(kept) == 1 and skipped == {"empty answer": 2}
     kept, skipped = prepare_pairs([good, good], tok, seq_len=n - 2)
     assert kept == [] and skipped == {"longer than the context": 2}
+
+
+def test_drawn_pairs_replace_the_unusable_ones_until_the_round_is_full(tok):
+    import numpy as np
+
+    from kamado.posttrain.dpo import draw_pairs
+
+    first = _pairs(tok, 3)
+    first = [{k: v for k, v in p.items() if not k.startswith("_")} for p in first]
+    long = {"prompt": PROMPT, "chosen": "長い" * 200, "rejected": "短い。"}
+    cities = ["東京", "大阪", "京都", "札幌", "福岡", "仙台"]
+    short = [{"prompt": PROMPT, "chosen": f"{c}です。", "rejected": "いいえ。"} for c in cities]
+    pool = [long] * 6 + short  # half the pool is too long for the context
+    for seed in range(5):
+        kept, skipped = draw_pairs(first, pool, 8, tok, 64, np.random.default_rng(seed))
+        assert len(kept) == 8  # 3 first + 5 usable draws, however many long ones came up on the way
+        assert [p["chosen"] for p in kept[:3]] == [p["chosen"] for p in first]
+        assert len({p["chosen"] for p in kept[3:]}) == 5 and all(p["chosen"] != long["chosen"] for p in kept)
+        assert skipped == ({"longer than the context": skipped["longer than the context"]} if skipped else {})
+        assert skipped.total() <= 6
+    a, _ = draw_pairs(first, pool, 8, tok, 64, np.random.default_rng(1))
+    b, _ = draw_pairs(first, pool, 8, tok, 64, np.random.default_rng(1))
+    assert [p["chosen"] for p in a] == [p["chosen"] for p in b]  # the seed fixes the draw
+    kept, skipped = draw_pairs(first, pool, 20, tok, 64, np.random.default_rng(0))
+    assert len(kept) == 9 and skipped == {"longer than the context": 6}  # the pool ran out: every usable pair
+    kept, skipped = draw_pairs(first, pool, 2, tok, 64, np.random.default_rng(0))
+    assert len(kept) == 2 and not skipped  # enough already: nothing drawn

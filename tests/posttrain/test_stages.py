@@ -101,8 +101,9 @@ def test_dpo_rounds_chain_policies_and_write_their_pairs_once(base):
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["start"] == str(find_checkpoint(tmp / "sft"))
     assert rounds[1]["start"] == str(find_checkpoint(tmp / "dpo/round_1"))
-    drawn = rounds[0]["pairs"]["off_policy"] + sum(rounds[0]["pairs"]["skipped"].values())
-    assert drawn == 4 and set(rounds[0]["pairs"]["skipped"]) <= {"chosen identical to rejected"}
+    # every round trains on pairs_per_round pairs: an unusable draw (the identical pair) is replaced by the next
+    assert [r["pairs"]["off_policy"] for r in rounds] == [4, 4]
+    assert set(rounds[0]["pairs"]["skipped"]) <= {"chosen identical to rejected"}
     assert rounds[0]["before"]["reward_accuracy"] <= rounds[0]["after"]["reward_accuracy"]
     assert rounds[0]["after"]["reward_margin"] > rounds[0]["before"]["reward_margin"]
     # round 2's reference is the SFT model: its stored reference log-probs are the SFT model's

@@ -98,7 +98,7 @@ def plot(results: list[dict[str, Any]], summary: dict[str, Any], fig_dir: Path) 
 def table_lines(summary: dict[str, Any]) -> list[str]:
     """The main table: one row per fraction, then the SFT reference row."""
     lines = [
-        "| on-policy fraction asked | on-policy share trained on | pairs on + off (dropped) per run | held-out mean | "
+        "| on-policy fraction asked | on-policy share trained on | pairs on + off (replaced) per run | held-out mean | "
         "s.d. over seeds | Δ vs SFT | DPO loss | reward margin | reward accuracy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -138,8 +138,9 @@ def write_page(page: Path, summary: dict[str, Any], figures: list[str], meta: di
         "pairs: the policy's sampled answers to the jaster TRAINING-split prompts, judged by the verifiable scorer; "
         "off-policy pairs: Japanese Vicuna QA answers with GPT-4 verdicts. Where the sampler finds fewer on-policy "
         "pairs than asked (all answers scored alike), `run_dpo` fills the round with off-policy ones, so the share "
-        "trained on is shown next to the share asked for; pairs longer than the DPO context are dropped (counted in "
-        "brackets), so the totals can differ a little. Held-out mean = mean over the tasks of each task's score "
+        "trained on is shown next to the share asked for; a drawn pair that cannot be trained on (longer than the DPO "
+        "context) is replaced by the next draw (the replaced ones are counted in brackets), so every round has the "
+        "same pair count. Held-out mean = mean over the tasks of each task's score "
         "(exact match, char F1, or Pearson's r for JSTS) on the TEST-split prompts, greedy; DPO loss, reward margin "
         "and accuracy = the last round's last tenth of steps, on its own training pairs.",
         "",

@@ -110,6 +110,29 @@ def prepare_pairs(
     return kept, skipped
 
 
+def draw_pairs(
+    first: Sequence[Mapping[str, Any]],
+    pool: Sequence[Mapping[str, Any]],
+    want: int,
+    tok: Tokenizer,
+    seq_len: int,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Up to `want` usable pairs: those of `first` that can be trained on, then pairs drawn from `pool` in a random
+    order (`rng`) until `want` are usable or the pool runs out. A drawn pair that cannot be trained on (too long for
+    the context, ...) is counted in the skips and replaced by the next draw, so every round trains on `want` pairs
+    whenever the pool holds enough."""
+    kept, skipped = prepare_pairs(first, tok, seq_len)
+    del kept[want:]
+    for i in rng.permutation(len(pool)) if len(kept) < want else ():
+        more, why = prepare_pairs([pool[i]], tok, seq_len)
+        kept += more
+        skipped.update(why)
+        if len(kept) == want:
+            break
+    return kept, skipped
+
+
 def pair_batch(pairs: Sequence[Mapping[str, Any]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """x, y [2P, T]: rows 0..P-1 the chosen answers, P..2P-1 the rejected, padded to the longest."""
     seqs = [p["_c"] for p in pairs] + [p["_r"] for p in pairs]

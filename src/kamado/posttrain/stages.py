@@ -23,7 +23,7 @@ from kamado.errors import ConfigError
 from kamado.faults import failpoint
 from kamado.model.transformer import Transformer
 from kamado.posttrain.config import stage_run_config
-from kamado.posttrain.dpo import DPOTrainer, PairLoader, pair_metrics, prepare_pairs, reference_logps
+from kamado.posttrain.dpo import DPOTrainer, PairLoader, draw_pairs, pair_metrics, prepare_pairs, reference_logps
 from kamado.posttrain.judge import make_judge
 from kamado.posttrain.onpolicy import sample_pairs
 from kamado.posttrain.sft import PackedConversations, read_conversations
@@ -93,8 +93,9 @@ def run_sft(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict[str, A
 def _round_pairs(
     cfg: RunConfig, k: int, model: Transformer, ref: Transformer, tok: Tokenizer, seq_len: int, progress: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Round k's pairs: on-policy ones sampled from `model` and judged, the rest drawn from the off-policy pairs;
-    checked, encoded and given their reference log-probs (from `ref`)."""
+    """Round k's pairs: on-policy ones sampled from `model` and judged, the rest drawn from the off-policy pairs
+    until the round has `pairs_per_round` usable ones (a drawn pair too long for the context is replaced); checked,
+    encoded and given their reference log-probs (from `ref`)."""
     d = cfg.dpo
     prompts = _records(d.prompts)
     n_on = round(d.on_policy_fraction * d.pairs_per_round) if prompts else 0
@@ -103,10 +104,8 @@ def _round_pairs(
         if n_on
         else ([], Counter())
     )
-    off = _records(d.pairs)
-    n_off = min(d.pairs_per_round - len(on), len(off))
-    pick = np.random.default_rng([d.train.seed, k]).choice(len(off), n_off, replace=False).tolist() if n_off else []
-    kept, skipped = prepare_pairs([*on, *(off[i] for i in pick)], tok, seq_len)
+    rng = np.random.default_rng([d.train.seed, k])
+    kept, skipped = draw_pairs(on, _records(d.pairs), d.pairs_per_round, tok, seq_len, rng)
     if not kept:
         raise ConfigError(f"DPO round {k} has no usable pair (on-policy: {dict(on_counts)}; skipped: {dict(skipped)})")
     reference_logps(ref, kept, average=d.loss_type == "ipo")
