@@ -96,3 +96,54 @@ def test_the_quick_experiment_end_to_end(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in out.glob("runs/*/result.json")}
     r = subprocess.run([*cmd, "--page", str(page)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and {p: p.stat().st_mtime for p in mtimes} == mtimes  # finished runs are skipped
+
+
+def test_fractions_flag_is_checked(tmp_path):
+    from kamado.errors import ConfigError
+    from kamado.experiments.dpo_mix_report import parse_fractions
+
+    assert parse_fractions("0,0.5,1") == [0.0, 0.5, 1.0]
+    for bad in ("0,x", "1.5", "0,0", "-0.1", "nan"):
+        with pytest.raises(ConfigError, match="--fractions"):
+            parse_fractions(bad)
+
+
+@pytest.mark.slow
+def test_the_judge_benchmarks_run_when_an_endpoint_is_given(tmp_path):
+    """One fraction of the quick grid from an existing base, judged through a real endpoint (`kamado serve` of a
+    random model whose context fits the judge prompts): every run carries its judge reports, every judge call is
+    answered, and the page shows them per run."""
+    from kamado.config import ModelConfig, RunConfig, to_dict
+    from kamado.model.transformer import Transformer
+    from kamado.serve.background import serve_in_background
+    from kamado.tokenizer import Tokenizer
+    from kamado.train.checkpoint import save_checkpoint
+
+    cmd = [sys.executable, "-m", "kamado.cli", "experiment", "dpo-mix", "--quick", "--workers", "1"]
+    first = tmp_path / "first"
+    r = subprocess.run([*cmd, "--out", str(first), "--fractions", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.parent.name for p in first.glob("runs/*/result.json")) == ["f1_s0", "sft"]
+    base, out, page = first / "base", tmp_path / "judged", tmp_path / "judged.md"
+    judge = tmp_path / "judge"  # the quick base's context (512) is shorter than the judge prompts
+    cfg = RunConfig(out_dir=str(judge))
+    vocab = Tokenizer.load(base / "tokenizer").vocab_size
+    cfg.model = ModelConfig(vocab, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=128, max_seq_len=4096)
+    save_checkpoint(judge / "checkpoints", 1, Transformer(cfg.model).eval(), None, {"config": to_dict(cfg)})
+    with serve_in_background(judge, base / "tokenizer") as (url, name):
+        judged = [*cmd, "--base", str(base), "--out", str(out), "--fractions", "0", "--page", str(page)]
+        r = subprocess.run(
+            [*judged, "--judge-url", url, "--judge-model", name], cwd=ROOT, capture_output=True, text=True, timeout=900
+        )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/result.json")}
+    assert sorted(results) == ["f0_s0", "sft"]
+    text = page.read_text()
+    assert "Judge benchmarks: not run" not in text and f"`{name}` at {url}" in text
+    for run, res in results.items():
+        report = res["judge"]["reports"][run]
+        assert set(report) == {"ja_mt_bench", "rakuda"}
+        for bench in report.values():  # a random judge's grades are mostly unreadable, but every call is answered
+            assert bench["judgments"] > 0 and bench["errors"] == 0
+            assert bench["scored"] + bench["unparseable"] == bench["judgments"]
+        assert any(line.startswith(f"| {run} | ") for line in text.splitlines())

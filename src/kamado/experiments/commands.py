@@ -104,6 +104,9 @@ def add_experiment_parsers(sub: Any) -> None:
     dm.add_argument("--base", default="", help="a `kamado run` folder with sft/ to start from (default: build one)")
     dm.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each (default 2)")
     dm.add_argument("--seeds", type=int, default=0, help="seeds per fraction (default 1)")
+    dm.add_argument(
+        "--fractions", default="", help="on-policy fractions to run, comma-separated (default 0,0.25,0.5,0.75,1)"
+    )
     dm.add_argument("--page", default="", help="where the results page goes (default OUT/dpo_mix.md)")
     dm.add_argument("--reading", default="", help="a Markdown file with the interpretation to put on the page")
     dm.add_argument("--judge-url", default="", help="an OpenAI-compatible judge endpoint for the judge benchmarks")

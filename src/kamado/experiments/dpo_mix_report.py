@@ -163,6 +163,19 @@ def write_page(page: Path, summary: dict[str, Any], figures: list[str], meta: di
     page.write_text("\n".join(lines), encoding="utf-8")
 
 
+def parse_fractions(text: str) -> list[float]:
+    """'0,0.5,1' -> [0.0, 0.5, 1.0]; each a number in [0, 1], no repeats."""
+    from kamado.errors import ConfigError
+
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--fractions {text!r}: give numbers in [0, 1] separated by commas, e.g. 0,0.5,1") from None
+    if any(not 0.0 <= v <= 1.0 for v in values) or len(set(values)) != len(values):
+        raise ConfigError(f"--fractions {text!r}: each fraction must be in [0, 1] and given once")
+    return values
+
+
 def run_and_report(args: Any) -> Path:
     """`kamado experiment dpo-mix`: the base, the runs, the figures and the page; returns the page's path."""
     import json
@@ -180,6 +193,8 @@ def run_and_report(args: Any) -> Path:
     grid = MixGrid.quick() if args.quick else MixGrid()
     if args.seeds:
         grid.seeds = list(range(args.seeds))
+    if args.fractions:
+        grid.fractions = parse_fractions(args.fractions)
     if bool(args.judge_url) != bool(args.judge_model):
         raise ConfigError("--judge-url and --judge-model go together (an OpenAI-compatible endpoint and its model)")
     grid.judge_url, grid.judge_model = args.judge_url, args.judge_model
