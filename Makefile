@@ -26,13 +26,14 @@ bench: install
 	$(BIN)/python bench/train_throughput.py
 
 # Mutation testing of model/, train/ and data/loader.py with mutmut ([tool.mutmut] in pyproject.toml; it works in
-# ./mutants), at the lowest priority with one child; not part of `make test`. Prints the surviving mutants.
-# MUTANTS narrows it to name patterns, e.g. make mutation MUTANTS='kamado.model.* kamado.data.loader.*'
+# ./mutants), at the lowest priority; not part of `make test`. Resumes: only mutants not yet checked are run
+# (tests/mutation_run.py). Prints the surviving mutants. MUTANTS narrows it to name patterns, e.g.
+# make mutation MUTANTS='kamado.model.* kamado.data.loader.*'; RERUN='--rerun survived' runs those again too.
 MUTANTS ?=
+RERUN ?=
+CHILDREN ?= 2
 mutation: install
-	nice -n 19 $(BIN)/mutmut run --max-children 1 $(foreach m,$(MUTANTS),'$(m)')
-	@echo "surviving mutants (mutmut show NAME for the diff):"
-	@$(BIN)/mutmut results
+	$(BIN)/python tests/mutation_run.py --children $(CHILDREN) $(RERUN) $(foreach m,$(MUTANTS),'$(m)')
 
 # One mutant checked by hand against the tests (for triage; needs mutants/ from `make mutation`), e.g.
 # make mutant-check MUTANT='kamado.train.speed.x_matmul_params__mutmut_3' TESTS=tests/train/test_speed.py
