@@ -104,3 +104,58 @@ def test_extractor_step_drops_a_page_past_its_deadline() -> None:
     step = MarkdownExtractor(timeout_s=0.001)  # CPU time is counted in 10 ms ticks: the page needs far more
     assert list(step(iter([Document(text=ARTICLE * 200, id="slow", metadata={"kind": "html"})]))) == []
     assert step.stats["timeout"].total == 1
+
+
+SHOP_PAGE = Path(__file__).parent / "pages" / "clueweb09_shop_page.html"  # a real ClueWeb09 page (pages/SOURCES.md)
+
+
+def test_prose_counts_sentences_not_menus_tables_or_names() -> None:
+    from kamado.corpus.extract import missing_prose, prose_chars
+
+    assert prose_chars("| １位 |\n| マージ 長財布 Ｌ パンチングレザー |\n- ホーム\n- 会社概要") == 0
+    assert prose_chars("HOME │ 会社紹介 │ お問合せ？") == 0  # a menu bar's last item is no sentence
+    sentence = "この鞄にはノートパソコンが入ります。"  # 18 characters with its 。
+    assert prose_chars(f"見出し\n{sentence}\n短い。") == len(sentence)  # 短い。 is under 8 characters
+    english = "This page explains the options of the program in detail."
+    assert prose_chars(english) == len(english)
+    assert missing_prose(sentence + sentence, "# 題\n\nこの鞄には\nノートパソコンが**入ります**。") == 0
+    assert missing_prose(sentence + "別の文がここにあって抜けている。", sentence) == len(
+        "別の文がここにあって抜けている。"
+    )
+
+
+def test_a_sidebar_only_extraction_falls_back_to_the_page_text() -> None:
+    """trafilatura keeps this shop page's ranking sidebar and misses the product description; the fallback finds it."""
+    from kamado.corpus.extract import extract_main_text
+
+    page = SHOP_PAGE.read_text(encoding="utf-8")
+    description = "Ａ４ノートサイズのノートパソコンが収納可能なＰＣ対応のブリーフケース"
+    first = html_to_markdown(page)
+    assert "人気ランキング" in first and description not in first  # what trafilatura alone returns
+    assert extract_main_text(page, fallback=False) == (first, "trafilatura")
+    text, used = extract_main_text(page)
+    assert used == "baseline" and description in text and "（縦２９ｃｍ 横４０ｃｍ 奥行８.５ｃｍ）" in text
+
+
+def test_the_fallback_leaves_good_extractions_and_flattened_screens_alone() -> None:
+    from kamado.corpus.extract import extract_main_text
+
+    assert extract_main_text(ARTICLE)[1] == "trafilatura"  # plenty of prose: the fallback is never tried
+    screen = """<html><body><div><p>画面の例:</p><pre> Actions  Undo  Package  Search  Options  Views  Help
+f10: Menu  ?: Help  q: Quit  u: Update  g: Download/Install/Remove Pkgs
+aptitude 0.2.14.1      Will use 2925kB of disk space  DL Size: 1375kB
+--\\ Packages being automatically installed to satisfy dependencies
+piA kaffeine                        +2843kB none     0.4.3-1</pre></div></body></html>"""
+    md, used = extract_main_text(screen)  # little prose, but the page has no sentence the Markdown lacks
+    assert used == "trafilatura" and "f10: Menu  ?: Help" in md  # the screen keeps its line breaks
+
+
+def test_the_extractor_step_records_which_extractor_it_used() -> None:
+    page = SHOP_PAGE.read_text(encoding="utf-8")
+    docs = [Document(text=page, id="shop"), Document(text=ARTICLE, id="article")]
+    step = MarkdownExtractor(timeout_s=30)
+    out = {d.id: d for d in step.run(iter(docs))}
+    assert out["shop"].metadata["extractor"] == "baseline" and out["article"].metadata["extractor"] == "trafilatura"
+    assert step.stats["fallback_baseline"].total == 1
+    off = MarkdownExtractor(timeout_s=30, fallback=False)
+    assert [d.metadata["extractor"] for d in off.run(iter([Document(text=page, id="shop")]))] == ["trafilatura"]
