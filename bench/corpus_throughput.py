@@ -11,9 +11,13 @@ Three measurements, each the best of `--rounds`:
    that scales with the input (the sandbox child works while this process waits, so about one core).
 3. **MinHash vs datasketch** — `bench/corpus_minhash.bench_minhash` on the extracted Markdown documents of (2)
    and on 2,000-character Aozora pages: same shingles, same number of hashes (target: kamado ≥ 5×).
+4. **Quality classifier** — the shipped model (`kamado.corpus.quality_model`) scoring 2,000-character Aozora
+   pages in the step's batches of 256, in this process: documents/s (target ≥ 1,000 per core; pin the process to
+   one core, `taskset -c 0`, or the sparse product may use more). `--classifier-only` runs just this.
 
     .venv/bin/python bench/corpus_throughput.py
     .venv/bin/python bench/corpus_throughput.py --warc-dir ../shared/data/web/warc --rounds 5
+    taskset -c 0 .venv/bin/python bench/corpus_throughput.py --classifier-only
 """
 
 from __future__ import annotations
@@ -97,11 +101,41 @@ def extraction_chain(warc_dir: Path, cfg: CorpusConfig, rounds: int) -> tuple[di
     return best, extracted
 
 
+def classifier_throughput(rounds: int) -> dict[str, Any]:
+    from kamado.corpus.quality_model import DEFAULT_MODEL_DIR, QualityModel
+
+    model = QualityModel.load(DEFAULT_MODEL_DIR)
+    pages = aozora_pages(2000)
+    model.scores(pages[:8])  # imports and first-call costs outside the timing
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(0, len(pages), 256):
+            model.scores(pages[i : i + 256])
+        best = min(best, time.perf_counter() - t0)
+    chars = sum(map(len, pages)) / len(pages)
+    return {"documents": len(pages), "mean_chars": chars, "docs_per_s": len(pages) / best, "model": model}
+
+
+def print_classifier(rounds: int) -> None:
+    r = classifier_throughput(rounds)
+    fs = r["model"].features
+    print(
+        f"4. quality classifier ({r['model'].info.get('chosen')}, first {fs.max_chars or 'all'} chars): "
+        f"{r['documents']} docs of {r['mean_chars']:.0f} chars: {r['docs_per_s']:,.0f} docs/s in one process "
+        f"(target ≥ 1,000 per core)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--warc-dir", type=Path, default=ROOT / "samples" / "warc")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--classifier-only", action="store_true", help="measure (4) only")
     args = ap.parse_args()
+    if args.classifier_only:
+        print_classifier(max(args.rounds, 5))
+        return
     cfg = CorpusConfig(tasks=1, workers=1, extract_timeout_s=30.0, quality=QualityConfig.for_snippets())
     print(f"input: {args.warc_dir} ({sum(p.stat().st_size for p in args.warc_dir.rglob('*.warc*')) / 1e6:.2f} MB)")
     print(f"machine: {os.cpu_count()} CPUs visible; best of {args.rounds} rounds each")
@@ -126,6 +160,7 @@ def main() -> None:
             f"kamado {r['kamado_signatures_per_s']:,.0f}/s, datasketch {r['datasketch_signatures_per_s']:,.0f}/s, "
             f"ratio {r['ratio']:.2f}× (target ≥ 5×)"
         )
+    print_classifier(max(args.rounds, 5))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
     kamado plan recipes/100b.toml --gpus 1024 --gpu h100   # layouts that fit, memory per GPU, days to train
     kamado corpus run WARC_DIR --out DIR             # WARC → Japanese Markdown → filters → dedup → shards
     kamado corpus run WARC_DIR --out DIR --config recipes/corpus/common_crawl.toml --dedup.threshold=0.7
-    kamado corpus eval-filters LABELLED.jsonl        # precision/recall/F1 of the quality filters on labelled text
+    kamado corpus train-quality LABELLED.jsonl --out DIR   # the learned quality classifier, chosen by CV
+    kamado corpus eval-filters LABELLED.jsonl        # precision/recall/F1 of rules, classifier, both, on labelled text
     kamado chat RUN_OR_CHECKPOINT                    # talk to a model in the terminal (streaming, multi-turn)
     kamado serve RUN_OR_CHECKPOINT --port 8000       # OpenAI-compatible server + a web chat page at /
     kamado export hf RUN_OR_CHECKPOINT --out DIR     # a Qwen3 folder transformers loads; `export gguf` for llama.cpp
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 from kamado.config_checks import AT_LEAST_ONE, Range, check_value
+from kamado.corpus.commands import add_corpus_quality_parsers
 from kamado.errors import ConfigError, KamadoError, describe_os_error, user_os_error
 from kamado.eval.commands import add_eval_parsers
 from kamado.experiments.commands import add_experiment_parsers
@@ -164,14 +166,6 @@ def cmd_corpus_run(args: argparse.Namespace, overrides: list[str]) -> None:
     )
 
 
-def cmd_corpus_eval_filters(args: argparse.Namespace, overrides: list[str]) -> None:
-    from kamado.corpus.quality import QualityConfig
-    from kamado.corpus.quality_eval import evaluate, format_report
-
-    cfg = QualityConfig.for_snippets() if args.snippets else QualityConfig()
-    print(format_report(evaluate(args.labels, cfg)))
-
-
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="kamado", description=__doc__, formatter_class=fmt)
@@ -225,10 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--executor", choices=["local", "ray"], help="where tasks run (default: the preset's, else local)")
     cr.add_argument("--no-min-length", action="store_true", help="drop the 400-character minimum (small samples)")
     cr.set_defaults(fn=cmd_corpus_run)
-    ef = cos.add_parser("eval-filters", help="precision/recall/F1 of the quality filters on human-labelled text")
-    ef.add_argument("labels", help='JSONL, one {"text": ..., "label": "good"|"bad"} per line')
-    ef.add_argument("--snippets", action="store_true", help="snippet preset: no minimum length (for mC4 snippets)")
-    ef.set_defaults(fn=cmd_corpus_eval_filters)
+    add_corpus_quality_parsers(cos)  # train-quality, eval-filters (kamado.corpus.commands)
 
     pa = sub.add_parser("params", help="exact parameter count and FLOPs/token of a preset")
     pa.add_argument("config")

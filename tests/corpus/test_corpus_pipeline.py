@@ -145,11 +145,12 @@ def test_report_step_names_match_the_steps() -> None:
     from kamado.corpus.dedup import DuplicateFilter
     from kamado.corpus.extract import MarkdownExtractor
     from kamado.corpus.langid import JapaneseLanguageFilter, KanaPrefilter
+    from kamado.corpus.quality_classifier import QualityClassifier
     from kamado.corpus.quality_filter import JapaneseQualityFilter
     from kamado.corpus.reader import WarcPageReader
 
     names = [c.name for c in (WarcPageReader, KanaPrefilter, MarkdownExtractor, JapaneseLanguageFilter)]
-    names += [JapaneseQualityFilter.name, DuplicateFilter.name]
+    names += [JapaneseQualityFilter.name, QualityClassifier.name, DuplicateFilter.name]
     for _, part, _ in report.STEP_NAMES.values():
         assert any(part in name for name in names), part
 
@@ -188,3 +189,23 @@ def test_restart_with_other_settings_is_refused(first_run: tuple[Path, dict], tm
         run_corpus(faster, SAMPLE, again)["documents_out"]
         == json.loads((out / "shards/manifest.json").read_text())["documents"]
     )
+
+
+def test_classifier_step_in_the_pipeline_scores_and_shows_in_the_funnel(tmp_path: Path) -> None:
+    from kamado.corpus.quality_model import DEFAULT_MODEL_DIR, ClassifierConfig, QualityModel
+
+    cfg = config()
+    cfg.quality.classifier = ClassifierConfig(enabled=True)
+    summary = run_corpus(cfg, SAMPLE, tmp_path / "out")
+    rows = dict(report.funnel(summary))
+    assert list(rows).index("quality classifier") == list(rows).index("quality filters") + 1
+    drops = sum(n for step, _, n in report.rejections(summary) if step == "🧮 Quality classifier")
+    assert drops == rows["quality filters"] - rows["quality classifier"] > 0
+    kept = [
+        json.loads(line)
+        for p in sorted((tmp_path / "out" / "shards").glob("shard_*.jsonl.gz"))
+        for line in gzip.decompress(p.read_bytes()).decode().splitlines()
+    ]
+    threshold = QualityModel.load(DEFAULT_MODEL_DIR).threshold
+    assert kept and all(d["metadata"]["quality_score"] >= round(threshold, 4) - 1e-4 for d in kept)
+    assert "low_quality_score" in (tmp_path / "out" / "corpus_report.md").read_text()

@@ -35,6 +35,7 @@ def extract_stage(cfg: CorpusConfig, warc_dir: str, out_folder: str) -> Stage:
 
     from kamado.corpus.extract import MarkdownExtractor
     from kamado.corpus.langid import JapaneseLanguageFilter, KanaPrefilter
+    from kamado.corpus.quality_classifier import QualityClassifier
     from kamado.corpus.quality_filter import JapaneseQualityFilter
     from kamado.corpus.reader import WarcPageReader
 
@@ -46,8 +47,10 @@ def extract_stage(cfg: CorpusConfig, warc_dir: str, out_folder: str) -> Stage:
         MarkdownExtractor(timeout_s=cfg.extract_timeout_s),
         JapaneseLanguageFilter(cfg.language_threshold),
         JapaneseQualityFilter(cfg.quality),
-        JsonlWriter(out_folder, compression="gzip"),
     ]
+    if cfg.quality.classifier.enabled:  # scores every document (metadata["quality_score"]); drops below threshold
+        steps.append(QualityClassifier(cfg.quality.classifier, filter=cfg.quality.classifier.filter))
+    steps.append(JsonlWriter(out_folder, compression="gzip"))
     return "extract", steps, cfg.tasks
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from kamado.config_checks import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, check_fields, check_items
 from kamado.corpus import quality_rules as qr
+from kamado.corpus.quality_model import ClassifierConfig
 from kamado.corpus.quality_rules import Stats
 from kamado.errors import ConfigError
 
@@ -72,6 +73,8 @@ class QualityConfig:
     max_top_ngram_char_frac: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
     dup_ngram_sizes: list[int] = field(default_factory=lambda: [10, 12, 14, 16, 18, 20])
     max_dup_ngram_char_frac: list[float] = field(default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
+    # the learned scorer after the rules (`kamado.corpus.quality_model`): `[quality.classifier]` in TOML
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,6 +100,7 @@ class QualityConfig:
                 raise ConfigError(f"{prefix}.{sizes} and {prefix}.{limits} must have the same length")
             check_items(f"{prefix}.{sizes}", getattr(self, sizes), AT_LEAST_ONE)
             check_items(f"{prefix}.{limits}", getattr(self, limits), FRACTION)
+        self.classifier.validate(f"{prefix}.classifier")
 
     @classmethod
     def for_snippets(cls, **overrides: Any) -> QualityConfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kamado.corpus.quality import RULE_NAMES, QualityConfig, failed_rules, quality_stats
 from kamado.data.jsonl import iter_records
@@ -137,4 +138,55 @@ def format_report(report: QualityReport) -> str:
         out.append(
             f"{name:<20} {c.first_good:>11} {c.first_bad:>5}   {c.alone_good:>11} {c.alone_bad:>5} {share:>9.2f}"
         )
+    return "\n".join(out)
+
+
+@dataclass
+class FilterRow:
+    """One way of filtering a labelled set: how many good and bad documents it keeps."""
+
+    name: str
+    kept_good: int
+    kept_bad: int
+    good: int
+
+    @property
+    def precision(self) -> float:
+        return self.kept_good / max(self.kept_good + self.kept_bad, 1)
+
+    @property
+    def recall(self) -> float:
+        return self.kept_good / max(self.good, 1)
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def side_by_side(path: str | Path, cfg: QualityConfig, model: Any, threshold: float) -> list[FilterRow]:
+    """Keep everything, the rules, the classifier (`model`, a `QualityModel`, at `threshold`), and both (a
+    document kept by the rules AND the classifier, as in the pipeline) on the labelled documents of `path`."""
+    import numpy as np
+
+    rows = read_labelled(path)
+    good = np.array([label == "good" for _, label in rows])
+    rules = np.array([not failed_rules(quality_stats(text, cfg), cfg) for text, _ in rows])
+    learned = model.scores([text for text, _ in rows]) >= threshold
+    out = []
+    for name, keep in (
+        ("keep all", np.ones_like(good)),
+        ("rules", rules),
+        (f"classifier (threshold {threshold:.3f})", learned),
+        ("rules AND classifier", rules & learned),
+    ):
+        out.append(FilterRow(name, int((keep & good).sum()), int((keep & ~good).sum()), int(good.sum())))
+    return out
+
+
+def format_side_by_side(rows: list[FilterRow]) -> str:
+    base = rows[0].precision if rows else 0.0
+    out = [f"{'filter':<34} {'kept':>5} {'precision':>9} {'recall':>6} {'F1':>6}   (base rate {base:.3f})"]
+    for r in rows:
+        out.append(f"{r.name:<34} {r.kept_good + r.kept_bad:>5} {r.precision:>9.3f} {r.recall:>6.3f} {r.f1:>6.3f}")
     return "\n".join(out)

@@ -25,10 +25,12 @@ STEP_NAMES: dict[str, tuple[str, str, str]] = {
     "Markdown extracted": ("extract", "HTML → Markdown", "forwarded"),
     "Japanese (language ID)": ("extract", "Japanese language ID", "forwarded"),
     "quality filters": ("extract", "Japanese quality", "forwarded"),
+    "quality classifier": ("extract", "Quality classifier", "forwarded"),
     "deduplicated": ("dedup_filter", "Duplicate filter", "forwarded"),
 }
 
 
+OPTIONAL_ROWS = {"quality classifier"}  # steps a config may leave out: no row when they did not run
 _READER_COUNTS = {"documents", "doc_len", "input_files", "input_bytes"}  # the reader's other stats name skips
 _FILE_SKIPS = ("not_warc_file", "unreadable_file")  # whole input files the reader got no record from
 
@@ -45,6 +47,8 @@ def funnel(summary: dict[str, Any]) -> list[tuple[str, int]]:
     rows = []
     for row, (stage, part, stat) in STEP_NAMES.items():
         stats = _step(summary, stage, part)
+        if stats is None and row in OPTIONAL_ROWS:
+            continue
         rows.append((row, int(stats.get(stat, 0)) if stats else 0))
     return rows
 
