@@ -29,10 +29,10 @@ def cmd_eval_filters(args: argparse.Namespace, overrides: list[str]) -> None:
 
     check_value("--threshold", args.threshold, Range(0, 1, optional=True))
     cfg = QualityConfig.for_snippets() if args.snippets else QualityConfig()
+    model = None if args.no_classifier else QualityModel.load(args.classifier or DEFAULT_MODEL_DIR)
     print(format_report(evaluate(args.labels, cfg)))
-    if args.no_classifier:
+    if model is None:
         return
-    model = QualityModel.load(args.classifier or DEFAULT_MODEL_DIR)
     threshold = model.threshold if args.threshold is None else args.threshold
     print(f"\nside by side (classifier: {args.classifier or 'the shipped model'}, {model.info.get('chosen', '?')})")
     print(format_side_by_side(side_by_side(args.labels, cfg, model, threshold)))
