@@ -6,7 +6,7 @@ its prose is plainly Japanese. Here the extracted Markdown is split into blocks:
 
 | kind      | what                                          | counts as prose | non-Japanese ones                 |
 |-----------|-----------------------------------------------|-----------------|-----------------------------------|
-| code      | a fenced block (```) or 4-space indented lines | no              | kept (code is content)            |
+| code      | fenced (```), 4-space indented, or a paragraph that `looks_like_code` | no | kept (it is content) |
 | table     | lines starting with `|`                        | no              | kept                              |
 | heading   | `#` lines                                      | yes             | cut (menus, English boilerplate)  |
 | list      | `-`, `*`, `+` or `1.` items                    | yes             | cut                               |
@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from datatrove.data import DocumentsPipeline
-from datatrove.pipeline.base import PipelineStep
-from datatrove.utils.typeshelper import StatHints
 
 from kamado.corpus.quality_rules import char_stats
 
@@ -82,9 +78,25 @@ def split_blocks(markdown: str) -> list[Block]:
             j = i + 1
             while j < len(lines) and lines[j].strip() and not _starts_block(lines[j]):
                 j += 1
-            blocks.append(Block("paragraph", "\n".join(lines[i:j])))
+            text = "\n".join(lines[i:j])
+            blocks.append(Block("code" if looks_like_code(text) else "paragraph", text))
             i = j
     return blocks
+
+
+_PROMPT = re.compile(r"^\s*(\$|#|>>>|%) \S", re.M)  # a shell or Python prompt at the start of a line
+_SYMBOLS = re.compile(r"[^\w\s\u3000-\u30ff\u4e00-\u9fff\uff00-\uffef.,;:!?'\"()-]")
+
+
+def looks_like_code(text: str) -> bool:
+    """A paragraph that is really code trafilatura did not fence: a prompt line, or more than 8 % of its
+    non-space characters are symbols (`$ / = { } [ ] < > | & * \\ ...`) that English or Japanese prose rarely
+    uses (0-3 % in prose)."""
+    if _PROMPT.search(text):
+        return True
+    plain = re.sub(r"[*\\]", "", _URL.sub("", _INLINE_CODE.sub("", text)))  # Markdown's own marks aside
+    chars = len("".join(plain.split()))
+    return chars > 0 and len(_SYMBOLS.findall(plain)) > 0.08 * chars
 
 
 def _starts_block(line: str) -> bool:
@@ -120,30 +132,9 @@ def cut_foreign_blocks(markdown: str, min_fraction: float = 0.1) -> tuple[str, i
     return "\n\n".join(kept), len(blocks) - len(kept)
 
 
-class ForeignBlockCutter(PipelineStep):
-    """Cuts non-Japanese prose blocks out of each document (stat `blocks_cut`; `metadata["blocks_cut"]`); a
-    document left with no prose at all is dropped (`no_prose`)."""
-
-    name = "✂ non-Japanese blocks"
-    type = "✂️ - FORMAT"
-
-    def __init__(self, min_fraction: float = 0.1):
-        super().__init__()
-        self.min_fraction = min_fraction
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        if data is None:
-            return
-        for doc in data:
-            self.stat_update(StatHints.total)
-            with self.track_time():
-                text, cut = cut_foreign_blocks(doc.text, self.min_fraction)
-            if not prose_text(text):
-                self.stat_update(StatHints.dropped, "no_prose")
-                continue
-            if cut:
-                doc.text = text
-                doc.metadata["blocks_cut"] = cut
-                self.stat_update("blocks_cut", value=cut)
-            self.stat_update(StatHints.forwarded)
-            yield doc
+def foreign_prose_fraction(markdown: str, min_fraction: float = 0.1) -> float:
+    """Share of the prose characters (as `japanese_fraction` counts them) in blocks under `min_fraction`."""
+    sizes = [(len(_words(b.text)), japanese_fraction(b.text) < min_fraction) for b in split_blocks(markdown) if b.prose]
+    sizes = [(n, foreign) for n, foreign in sizes if n]
+    total = sum(n for n, _ in sizes)
+    return sum(n for n, foreign in sizes if foreign) / total if total else 0.0

@@ -5,6 +5,7 @@ Language Models", section on quality filtering), which keep pages that read like
 
 | rule                 | statistic                                            | rejects when       |
 |----------------------|------------------------------------------------------|--------------------|
+| foreign_prose        | prose characters in non-Japanese blocks (kamado's)   | > 0.5 of them      |
 | too_short            | non-whitespace characters                            | < 400              |
 | low_japanese         | hiragana + katakana + kanji + Japanese punctuation   | < 0.5 of them      |
 | low_hiragana         | hiragana (particles, endings: there are sentences)   | < 0.2              |
@@ -19,6 +20,15 @@ paragraphs 0.30, their characters 0.20/0.20, top n-grams 0.20/0.18/0.16, duplica
 rules in the spirit of HojiChar: advertisement keywords (`ads`), bulletin-board markers (`bbs`) and too few 。
 (`rare_kuten`). How the statistics are counted is in `kamado.corpus.quality_rules`; the word lists are in
 `kamado.corpus.quality_words`.
+
+Block-level (`prose_only`, the default): the script and sentence rules (`chars` and `sentences` groups:
+too_short, low_japanese, low_hiragana, high_katakana, the sentence-length, ellipsis and rare-。 rules) read the
+page's prose blocks only (`kamado.corpus.blocks.prose_text`: no code blocks, tables, inline code or URLs), so a
+Japanese manual is judged on its sentences, not on its commands; the keyword and repetition rules read the whole
+text. Prose blocks with (almost) no Japanese (`min_block_japanese_frac`: English navigation, copyright lines,
+untranslated paragraphs) are set aside: the page is decided on how much of its prose they are (`foreign_prose`,
+a share of prose characters: a mostly English page with a Japanese menu fails it), and the script and sentence
+rules read the Japanese blocks. `JapaneseQualityFilter` cuts those blocks out of a kept page (code and tables stay).
 
 Every threshold is a field; `None` (in Python) or the rule's name in `disabled_rules` (in TOML, which has no null)
 switches a rule off. Rules run cheapest first and the first that fails names the drop, so datatrove counts
@@ -43,6 +53,9 @@ class QualityConfig:
     """Thresholds of the quality rules; defaults are the Swallow paper's unless noted."""
 
     enabled: bool = True
+    prose_only: bool = True  # script and sentence rules on the prose blocks (kamado.corpus.blocks); False: whole text
+    min_block_japanese_frac: float | None = 0.1  # prose blocks under this share of Japanese are foreign; None: none
+    max_foreign_prose_frac: float | None = 0.5  # the page's prose characters in foreign blocks
     disabled_rules: list[str] = field(default_factory=list)  # rule names switched off, e.g. ["too_short"]
     min_chars: int | None = 400
     min_japanese_frac: float | None = 0.5
@@ -141,7 +154,18 @@ def _ngram_check(kind: str) -> Check:
     return check
 
 
+PROSE_GROUPS = ("chars", "sentences")  # what `prose_only` computes on the (Japanese) prose blocks
+
+
+def _block_stats(text: str, cfg: QualityConfig) -> Stats:
+    from kamado.corpus.blocks import foreign_prose_fraction
+
+    least = cfg.min_block_japanese_frac
+    return {"foreign_prose_frac": 0.0 if least is None else foreign_prose_fraction(text, least)}
+
+
 STAT_GROUPS: dict[str, Callable[[str, QualityConfig], Stats]] = {
+    "blocks": _block_stats,
     "chars": lambda text, cfg: qr.char_stats(text),
     "keywords": lambda text, cfg: qr.keyword_stats(text),
     "lines": lambda text, cfg: qr.line_stats(text),
@@ -149,6 +173,7 @@ STAT_GROUPS: dict[str, Callable[[str, QualityConfig], Stats]] = {
     "ngrams": lambda text, cfg: qr.ngram_stats(qr.words(text), cfg.top_ngram_sizes, cfg.dup_ngram_sizes),
 }
 RULES: tuple[tuple[str, str, Check], ...] = (
+    ("foreign_prose", "blocks", _above("foreign_prose_frac", "max_foreign_prose_frac")),
     ("too_short", "chars", _below("chars", "min_chars")),
     ("low_japanese", "chars", _below("japanese_frac", "min_japanese_frac")),
     ("low_hiragana", "chars", _below("hiragana_frac", "min_hiragana_frac")),
@@ -174,7 +199,22 @@ RULE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in RULES)
 def quality_stats(text: str, cfg: QualityConfig | None = None) -> Stats:
     """Every statistic the rules look at (the n-gram sizes come from `cfg`)."""
     cfg = cfg or QualityConfig()
-    return {k: v for group in STAT_GROUPS.values() for k, v in group(text, cfg).items()}
+    prose = _prose(text, cfg)
+    return {k: v for name, group in STAT_GROUPS.items() for k, v in group(_input(name, text, prose), cfg).items()}
+
+
+def _prose(text: str, cfg: QualityConfig) -> str:
+    """What the script and sentence rules read: the prose of the Japanese blocks, or the whole text."""
+    from kamado.corpus.blocks import cut_foreign_blocks, prose_text
+
+    if not cfg.prose_only:
+        return text
+    least = cfg.min_block_japanese_frac
+    return prose_text(text if least is None else cut_foreign_blocks(text, least)[0])
+
+
+def _input(group: str, text: str, prose: str) -> str:
+    return prose if group in PROSE_GROUPS else text
 
 
 def failed_rules(stats: Stats, cfg: QualityConfig) -> list[str]:
@@ -197,11 +237,12 @@ def check_text(text: str, cfg: QualityConfig) -> tuple[str | None, Stats]:
     done: set[str] = set()
     if not cfg.enabled:
         return None, stats
+    prose = _prose(text, cfg)
     for name, group, fails in RULES:
         if name in cfg.disabled_rules:
             continue
         if group not in done:
-            stats.update(STAT_GROUPS[group](text, cfg))
+            stats.update(STAT_GROUPS[group](_input(group, text, prose), cfg))
             done.add(group)
         if fails(stats, cfg):
             return name, stats
