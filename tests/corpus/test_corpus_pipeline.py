@@ -169,6 +169,15 @@ def test_corpus_preset_and_overrides(tmp_path: Path) -> None:
         load_corpus_config(None, ['--quality.disabled_rules=["too_long"]'])
     with pytest.raises(ConfigError, match="rows_per_band"):
         load_corpus_config(None, ["--dedup.rows_per_band=0"])
+    from kamado.corpus.extract import MarkdownExtractor
+    from kamado.corpus.pipeline import extract_stage
+
+    for on in (True, False):  # the fallback setting reaches the extraction step
+        cfg = load_corpus_config(None, [f"--extract_fallback={str(on).lower()}"])
+        [step] = [
+            s for s in extract_stage(cfg, str(tmp_path), str(tmp_path / "out"))[1] if isinstance(s, MarkdownExtractor)
+        ]
+        assert step.fallback is on
 
 
 def test_restart_with_other_settings_is_refused(first_run: tuple[Path, dict], tmp_path: Path) -> None:

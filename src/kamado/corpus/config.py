@@ -23,6 +23,7 @@ class CorpusConfig:
     kana_min_count: int = 10
     kana_min_fraction: float = 0.05
     extract_timeout_s: float = 2.0  # CPU seconds per page (5× that of wall time at most); else dropped as `timeout`
+    extract_fallback: bool = True  # trafilatura's baseline when its output is a sidebar (kamado.corpus.extract)
     language_threshold: float = 0.5
     quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

@@ -44,7 +44,7 @@ def extract_stage(cfg: CorpusConfig, warc_dir: str, out_folder: str) -> Stage:
     steps = [
         reader,
         KanaPrefilter(cfg.kana_min_count, cfg.kana_min_fraction),
-        MarkdownExtractor(timeout_s=cfg.extract_timeout_s),
+        MarkdownExtractor(timeout_s=cfg.extract_timeout_s, fallback=cfg.extract_fallback),
         JapaneseLanguageFilter(cfg.language_threshold),
         JapaneseQualityFilter(cfg.quality),
     ]
