@@ -40,19 +40,12 @@ class RuleCounts:
     alone_bad: int = 0
 
 
-@dataclass
-class QualityReport:
-    path: str
-    good: int  # documents labelled good
-    bad: int
-    kept_good: int  # true positives: kept and labelled good
-    kept_bad: int  # false positives
-    rules: dict[str, RuleCounts] = field(default_factory=dict)
+class _Scores:
+    """Precision, recall and F1 of keeping `kept_good` + `kept_bad` documents of which `good` are labelled good."""
 
-    @property
-    def base_rate(self) -> float:
-        """Precision of keeping everything: the share of good labels."""
-        return self.good / max(self.good + self.bad, 1)
+    kept_good: int
+    kept_bad: int
+    good: int
 
     @property
     def precision(self) -> float:
@@ -66,6 +59,21 @@ class QualityReport:
     def f1(self) -> float:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
+
+
+@dataclass
+class QualityReport(_Scores):
+    path: str
+    good: int  # documents labelled good
+    bad: int
+    kept_good: int  # true positives: kept and labelled good
+    kept_bad: int  # false positives
+    rules: dict[str, RuleCounts] = field(default_factory=dict)
+
+    @property
+    def base_rate(self) -> float:
+        """Precision of keeping everything: the share of good labels."""
+        return self.good / max(self.good + self.bad, 1)
 
     @property
     def accuracy(self) -> float:
@@ -142,26 +150,13 @@ def format_report(report: QualityReport) -> str:
 
 
 @dataclass
-class FilterRow:
+class FilterRow(_Scores):
     """One way of filtering a labelled set: how many good and bad documents it keeps."""
 
     name: str
     kept_good: int
     kept_bad: int
     good: int
-
-    @property
-    def precision(self) -> float:
-        return self.kept_good / max(self.kept_good + self.kept_bad, 1)
-
-    @property
-    def recall(self) -> float:
-        return self.kept_good / max(self.good, 1)
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
 
 
 def side_by_side(path: str | Path, cfg: QualityConfig, model: Any, threshold: float) -> list[FilterRow]:
