@@ -204,3 +204,15 @@ def test_checkpointer_saves_every_n_steps_and_at_the_end(tiny_cfg, loader_cls, e
     _trainer(tiny_cfg, loader_cls, [cb_module.Checkpointer()], val=False).fit()
     saved = sorted(int(p.name.split("_")[1]) for p in (Path(tiny_cfg.out_dir) / "checkpoints").glob("step_*"))
     assert saved == want
+
+
+def test_speed_monitor_counts_every_device_of_a_distributed_run(tiny_cfg, loader_cls):
+    """MFU is over all devices: a trainer with world_size 4 has 4 times the peak (tokens/s are global)."""
+    tiny_cfg.train.peak_flops = 1e9
+    t = _trainer(tiny_cfg, loader_cls, [], val=False)
+    one = SpeedMonitor()
+    one.on_train_start(t)
+    t.world_size = 4
+    four = SpeedMonitor()
+    four.on_train_start(t)
+    assert one.meter.peak_flops == 1e9 and four.meter.peak_flops == 4e9

@@ -102,3 +102,20 @@ def test_a_copied_run_folder_loads_the_same(run, tmp_path):
     shutil.copytree(root, tmp_path / "copy")
     model, _ = ckpt.load_model(tmp_path / "copy")
     assert torch.equal(model.lm_head.weight, trained.lm_head.weight)
+
+
+def test_a_distributed_checkpoint_is_refused_until_consolidated(run, tiny_cfg, tmp_path):
+    """A DCP folder (`.metadata`, shards) cannot be read here: the error names the command that converts it; the
+    same folder with consolidated weights beside the shards (what `kamado run` under torchrun leaves) loads."""
+    root, trained = run
+    dcp = tmp_path / "step_00000002"
+    dcp.mkdir()
+    (dcp / ".metadata").write_bytes(b"dcp")
+    how = r"distributed \(DCP\) checkpoint: `kamado checkpoint consolidate .* --out DIR` writes one that this command"
+    how += " reads$"
+    with pytest.raises(CheckpointError, match=how):
+        ckpt.load_model_weights(Transformer(tiny_cfg.model), dcp)
+    shutil.copy(root / "checkpoints/step_00000002/model.safetensors", dcp / "model.safetensors")
+    model = Transformer(tiny_cfg.model)
+    ckpt.load_model_weights(model, dcp)
+    assert torch.equal(model.embed.weight, trained.embed.weight)

@@ -120,3 +120,20 @@ def test_the_run_folder_is_made_with_its_parents_and_a_readable_config(cfg: RunC
     build_trainer(cfg, progress=False, tensorboard=False)
     text = (tmp_path / "a" / "b" / "run" / "config.json").read_text(encoding="utf-8")
     assert text.startswith('{\n "name": "猫の実験",\n')  # indented by one, Japanese as it is (not \\u escapes)
+
+
+def test_distributed_when_launched_or_when_any_degree_is_above_one(monkeypatch):
+    from kamado.config import RunConfig
+    from kamado.train.pretrain import wants_distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    cfg = RunConfig()
+    assert not wants_distributed(cfg)
+    for degree in ("pp", "dp_replicate", "tp", "dp_shard"):
+        cfg = RunConfig()
+        setattr(cfg.parallel, degree, 2)
+        assert wants_distributed(cfg), degree  # without a launcher: the run then says it needs one
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert wants_distributed(RunConfig())  # torchrun with one process is the distributed trainer too

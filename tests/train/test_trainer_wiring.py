@@ -193,6 +193,9 @@ def test_resume_after_a_rollback_continues_exactly_as_the_uninterrupted_run(tiny
         return {r["step"]: r["loss"] for r in rows(tmp_path / run, "metrics.jsonl")}
 
     assert by_step("resumed") == by_step("full")  # bit for bit, so the same batches were trained on
+    for run in ("full", "resumed"):  # the rows past the rollback (and past the resumed checkpoint) were replaced
+        steps = [r["step"] for r in rows(tmp_path / run, "metrics.jsonl") if "loss" in r]
+        assert steps == sorted(set(steps)), run
     assert rows(tmp_path / "resumed", "events.jsonl")[-1] == events[-1]  # batch 23 still spotted as a spike
     final = [
         json.loads((tmp_path / run / "checkpoints/step_00000030/state.json").read_text()) for run in ("full", "resumed")
