@@ -211,3 +211,36 @@ def test_rerunning_a_finished_run_leaves_its_checkpoints_untouched(tiny_cfg, loa
     assert again.fit()["step"] == 30
     assert again.saved_step == 30
     assert {f.name: f.stat().st_mtime_ns for f in final.iterdir()} == before  # not saved a second time
+
+
+def test_resume_off_starts_over_even_with_checkpoints(tiny_cfg, loader_cls, tmp_path):
+    build(tiny_cfg, loader_cls, tmp_path / "run").fit()  # 30 steps, checkpoints up to step 30
+    tiny_cfg.checkpoint.resume = False
+    again = build(tiny_cfg, loader_cls, tmp_path / "run")
+    steps: list[int] = []
+
+    class Count(Callback):
+        def on_step_end(self, trainer, metrics):
+            steps.append(trainer.step)
+
+    again.callbacks.append(Count())
+    again.fit()
+    assert steps == list(range(1, 31))  # trained from step 0 again, not resumed at the finished step 30
+
+
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+    tiny_cfg, loader_cls, tmp_path
+):
+    run = build(tiny_cfg, loader_cls, tmp_path / "run")
+    run.callbacks.append(_KillAt(25))
+    with pytest.raises(KeyboardInterrupt):
+        run.fit()
+    root = tmp_path / "run" / "checkpoints"
+    newest = ckpt.latest_checkpoint(root)
+    (newest / "model.safetensors").write_bytes(b"torn")
+    resumed = build(tiny_cfg, loader_cls, tmp_path / "run")
+    resumed.fit()
+    assert newest.with_name(newest.name + ".corrupt").is_dir()  # quarantined by the resuming writer
+    full = build(tiny_cfg, loader_cls, tmp_path / "full")
+    full.fit()
+    assert losses(tmp_path / "run") == losses(tmp_path / "full")  # resumed from the checkpoint before it

@@ -182,6 +182,7 @@ def test_resume_after_a_rollback_continues_exactly_as_the_uninterrupted_run(tiny
         *[("skip_batch", s) for s in (12, 12, 12)],  # batches 12-14 are passed over after steps 11-12
         ("skip_update", 20),  # batch 23 is one spike: its update is skipped, nothing rolled back
     ]
+    assert {e["reason"] for e in events if e["event"] == "skip_batch"} == {"caused a rollback earlier"}
 
     killed = spiky_run(tiny_cfg, loader_cls, tmp_path / "resumed", kill_at=25)
     with pytest.raises(KeyboardInterrupt):
