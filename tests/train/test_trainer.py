@@ -244,3 +244,30 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
     full = build(tiny_cfg, loader_cls, tmp_path / "full")
     full.fit()
     assert losses(tmp_path / "run") == losses(tmp_path / "full")  # resumed from the checkpoint before it
+
+
+def test_an_infinite_gradient_with_a_finite_loss_skips_the_update(tiny_cfg, loader_cls):
+    """The batch after step 11 has a finite loss but one infinite gradient: its update is skipped like a NaN loss's
+    (the event names step 11, the last completed step), so no parameter turns NaN (clipping an infinite norm would
+    multiply the gradients by 0 · inf)."""
+    t = build(tiny_cfg, loader_cls)
+    bad = {"on": False, "fired": False}
+
+    def poison(g):
+        if not bad["on"]:
+            return g
+        bad["on"], bad["fired"] = False, True  # once only, whatever happens next
+        return torch.full_like(g, math.inf)
+
+    t.model.embed.weight.register_hook(poison)
+
+    class Arm(Callback):
+        def on_step_end(self, trainer, metrics):
+            bad["on"] = trainer.step == 11 and not bad["fired"]  # the next backward
+
+    t.callbacks.append(Arm())
+    t.fit()
+    events = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("skip_update", 11)]
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert all(math.isfinite(v) for v in losses(tiny_cfg.out_dir).values())
