@@ -269,5 +269,6 @@ def test_an_infinite_gradient_with_a_finite_loss_skips_the_update(tiny_cfg, load
     t.fit()
     events = [json.loads(x) for x in (Path(tiny_cfg.out_dir) / "events.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events] == [("skip_update", 11)]
+    assert math.isfinite(events[0]["loss"]) and events[0]["grad_norm"] == math.inf  # why it was skipped
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
     assert all(math.isfinite(v) for v in losses(tiny_cfg.out_dir).values())
