@@ -139,7 +139,7 @@ CRAFTED = {
         "- ホーム\n- 会社概要\n- お問い合わせ\n\n" + "This page explains how the build works, in English. " * 4,
         SNIPPETS,
     ),
-    "low_japanese": ("This page is mostly English text with some Japanese words: こんにちは、ありがとう。 " * 3, SNIPPETS),
+    "low_japanese": ("This page is mostly English with some Japanese words: こんにちは、ありがとう。 " * 3, SNIPPETS),
     "low_hiragana": ("東京都渋谷区神宮前一丁目二番三号、株式会社山田商事、代表取締役山田太郎。", SNIPPETS),
     "high_katakana": ("アイスクリームとチョコレートケーキとストロベリーパフェがおいしい。", SNIPPETS),
     "ng_words": (SENTENCES[0] + "無修正のアダルト動画で人妻と熟女のセフレを探せる出会い系。" + SENTENCES[1], SNIPPETS),
