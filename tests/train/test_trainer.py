@@ -90,15 +90,19 @@ def test_killed_save_never_corrupts_previous_checkpoint(tiny_cfg, loader_cls, tm
     assert state["step"] == 10
 
 
-def test_keep_last_n(tiny_cfg, loader_cls):
-    tiny_cfg.checkpoint.keep_last = 2
+@pytest.mark.parametrize("keep", [1, 2])
+def test_keep_last_n(tiny_cfg, loader_cls, keep):
+    tiny_cfg.checkpoint.keep_last = keep
     tiny_cfg.checkpoint.every = 5
     build(tiny_cfg, loader_cls).fit()
     names = [p.name for p in ckpt.list_checkpoints(Path(tiny_cfg.out_dir) / "checkpoints")]
-    assert names == ["step_00000025", "step_00000030"]
+    assert names == ["step_00000025", "step_00000030"][-keep:]
     files = {p.name for p in (Path(tiny_cfg.out_dir) / "checkpoints/step_00000030").iterdir()}
     # nothing that would need unpickling: tensors in safetensors, the rest in JSON
     assert files == {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "integrity.json"}
+    record = json.loads((Path(tiny_cfg.out_dir) / "checkpoints/step_00000030/integrity.json").read_text())
+    assert record["format"] == "safetensors" and set(record["files"]) == files - {"integrity.json"}
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in record["files"].values())  # hashed, not sizes only
 
 
 class _Poison:
