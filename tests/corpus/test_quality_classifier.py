@@ -14,8 +14,15 @@ import pytest
 
 from kamado.cli import main
 from kamado.corpus.quality import QualityConfig
-from kamado.corpus.quality_model import DEFAULT_MODEL_DIR, ClassifierConfig, FeatureSettings, QualityModel
-from kamado.corpus.quality_train import Candidate, choose_threshold, prf, train_quality
+from kamado.corpus.quality_model import (
+    DEFAULT_MODEL_DIR,
+    ClassifierConfig,
+    FeatureSettings,
+    QualityModel,
+    fit_idf,
+    hashed_ngrams,
+)
+from kamado.corpus.quality_train import Candidate, Design, _fit, choose_threshold, prf, train_quality
 from kamado.errors import ConfigError, DataError
 
 FIXTURE = Path(__file__).parent / "data" / "quality_labels_small.jsonl"
@@ -42,6 +49,54 @@ def test_same_seed_same_model_and_scores(trained: tuple[QualityModel, Path], tmp
     assert [r["name"] for r in table] == [c.name for c in GRID]
     for r in table:
         assert 0 <= r["f1"]["mean"] <= 1 and r["f1"]["sd"] >= 0
+
+
+TFIDF = FeatureSettings(ngram_min=1, ngram_max=2, n_features_log2=16, tfidf=True)
+
+
+@pytest.fixture(scope="module")
+def trained_tfidf(tmp_path_factory: pytest.TempPathFactory) -> tuple[QualityModel, Path]:
+    out = tmp_path_factory.mktemp("tfidf")
+    model, _ = train_quality([FIXTURE], out, seed=3, folds=3, grid=[Candidate("char1-2 tfidf C=10", TFIDF, 10.0)])
+    return model, out
+
+
+def test_tfidf_features_are_scikit_learns_sublinear_tfidf() -> None:
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+
+    from kamado.corpus.quality_model import normalize
+
+    counts = HashingVectorizer(analyzer="char", ngram_range=(1, 2), n_features=2**16, alternate_sign=False, norm=None)
+    counts_x = counts.transform([normalize(t, 0) for t in TEXTS])
+    reference = TfidfTransformer(sublinear_tf=True).fit(counts_x)
+    tf = hashed_ngrams(TEXTS, TFIDF)
+    idf = fit_idf(tf)
+    assert np.allclose(idf, reference.idf_, rtol=1e-6)
+    ours = hashed_ngrams(TEXTS, TFIDF, idf).toarray()
+    assert np.allclose(ours, reference.transform(counts_x).toarray(), atol=1e-6)
+
+
+def test_a_folds_idf_never_sees_the_held_out_texts() -> None:
+    y = np.array([json.loads(line)["label"] == "good" for line in FIXTURE.read_text().splitlines()], dtype=np.int64)
+    d = Design.build(TEXTS, y, TFIDF)
+    rows = np.arange(len(TEXTS) // 2)
+    fit = _fit(d, rows, 10.0)
+    assert fit.idf is not None and np.array_equal(fit.idf, fit_idf(d.ngrams[rows]))
+    only_held_out = np.setdiff1d(d.ngrams[len(TEXTS) // 2 :].indices, d.ngrams[rows].indices)
+    assert len(only_held_out) > 0 and np.all(fit.idf[only_held_out] == fit.idf.max())  # as if never seen
+
+
+def test_tfidf_model_scores_the_same_after_saving(trained_tfidf: tuple[QualityModel, Path]) -> None:
+    model, out = trained_tfidf
+    assert model.idf is not None
+    loaded = QualityModel.load(out)
+    assert loaded.idf is not None and np.array_equal(loaded.idf, model.idf)
+    assert np.array_equal(loaded.scores(TEXTS), model.scores(TEXTS))
+    labels = np.array([json.loads(line)["label"] == "good" for line in FIXTURE.read_text().splitlines()])
+    scores = loaded.scores(TEXTS)
+    assert scores[labels].mean() > scores[~labels].mean() + 0.1
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["features"]["tfidf"] is True and meta["idf_default"] == pytest.approx(float(model.idf.max()))
 
 
 def test_model_learns_the_fixture(trained: tuple[QualityModel, Path]) -> None:

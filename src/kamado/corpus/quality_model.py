@@ -69,6 +69,7 @@ class FeatureSettings:
     ngram_max: int = 3
     n_features_log2: int = 20  # hashed buckets: 2**20, few collisions for ~10^5 distinct n-grams
     binary: bool = False  # n-gram presence instead of counts
+    tfidf: bool = False  # 1 + log(count), times the n-gram's idf in the training texts (binary is then ignored)
     max_chars: int = 0  # score only the first characters (0: all); long pages cost linear time otherwise
     rule_stats: tuple[str, ...] = ()  # `kamado.corpus.quality.quality_stats` names used as extra features
 
@@ -80,8 +81,10 @@ def normalize(text: str, max_chars: int) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
-def hashed_ngrams(texts: list[str], fs: FeatureSettings) -> csr_matrix:
-    """Rows of l2-normalised hashed character n-gram counts (scikit-learn's HashingVectorizer, stateless)."""
+def hashed_ngrams(texts: list[str], fs: FeatureSettings, idf: np.ndarray | None = None) -> csr_matrix:
+    """Rows of l2-normalised hashed character n-gram counts (scikit-learn's HashingVectorizer, stateless). With
+    `fs.tfidf`, the counts are sublinear (1 + log) and, when `idf` is given, weighted by it before the norm;
+    without `idf` the rows are left unnormalised, as `fit_idf` and `apply_idf` expect."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
     vectorizer = HashingVectorizer(
@@ -89,12 +92,36 @@ def hashed_ngrams(texts: list[str], fs: FeatureSettings) -> csr_matrix:
         ngram_range=(fs.ngram_min, fs.ngram_max),
         n_features=2**fs.n_features_log2,
         alternate_sign=False,
-        binary=fs.binary,
-        norm="l2",
+        binary=fs.binary and not fs.tfidf,
+        norm=None if fs.tfidf else "l2",
         lowercase=True,
         dtype=_float32(),
     )
-    return vectorizer.transform([normalize(t, fs.max_chars) for t in texts])
+    x = vectorizer.transform([normalize(t, fs.max_chars) for t in texts])
+    if not fs.tfidf:
+        return x
+    import numpy as np
+
+    x.data = 1.0 + np.log(x.data)
+    return x if idf is None else apply_idf(x, idf)
+
+
+def fit_idf(tf: csr_matrix) -> np.ndarray:
+    """Smoothed idf of each hashed n-gram over the rows of `tf`, ln((1 + n) / (1 + df)) + 1, as scikit-learn's
+    TfidfTransformer computes it (float32, one per bucket; unseen buckets get the largest value)."""
+    import numpy as np
+
+    df = np.asarray((tf > 0).sum(axis=0)).ravel()
+    return (np.log((1.0 + tf.shape[0]) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
+def apply_idf(tf: csr_matrix, idf: np.ndarray) -> csr_matrix:
+    """`tf` rows weighted by `idf`, then l2-normalised (a new matrix)."""
+    from sklearn.preprocessing import normalize as l2_rows
+
+    x = tf.copy()
+    x.data = x.data * idf[x.indices]
+    return l2_rows(x, norm="l2", copy=False)
 
 
 def rule_stat_matrix(texts: list[str], names: tuple[str, ...], max_chars: int = 0) -> np.ndarray:
@@ -136,9 +163,10 @@ class QualityModel:
     stats_scale: np.ndarray
     stats_weights: np.ndarray
     info: dict[str, Any]  # cross-validation numbers, data hash, data card: carried into model.json as they are
+    idf: np.ndarray | None = None  # float32 per bucket, when features.tfidf
 
     def margins(self, texts: list[str]) -> np.ndarray:
-        x = hashed_ngrams(texts, self.features) @ self.weights + self.intercept
+        x = hashed_ngrams(texts, self.features, self.idf) @ self.weights + self.intercept
         if self.features.rule_stats:
             z = rule_stat_matrix(texts, self.features.rule_stats, self.features.max_chars)
             z = (z - self.stats_mean) / self.stats_scale
@@ -168,12 +196,18 @@ class QualityModel:
             "stats_scale": self.stats_scale.astype(np.float64),
             "stats_weights": self.stats_weights.astype(np.float64),
         }
+        idf_default = None
+        if self.idf is not None:  # the buckets seen in training; the rest share the largest (unseen) value
+            idf_default = float(self.idf.max())
+            seen = np.flatnonzero(self.idf < idf_default).astype(np.int32)
+            tensors |= {"idf_indices": seen, "idf_values": self.idf[seen].astype(np.float32)}
         atomic_write_bytes(out / "model.safetensors", save(tensors))
         meta = {
             "format": FORMAT,
             "features": {**asdict(self.features), "rule_stats": list(self.features.rule_stats)},
             "intercept": self.intercept,
             "threshold": self.threshold,
+            **({"idf_default": idf_default} if idf_default is not None else {}),
             **self.info,
         }
         atomic_write_text(out / "model.json", json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
@@ -197,7 +231,12 @@ class QualityModel:
             fs = FeatureSettings(**{**f, "rule_stats": tuple(f["rule_stats"])})
             weights = np.zeros(2**fs.n_features_log2, dtype=np.float32)
             weights[t["indices"]] = t["weights"].astype(np.float32)
-            info = {k: v for k, v in meta.items() if k not in ("format", "features", "intercept", "threshold")}
+            idf = None
+            if fs.tfidf:
+                idf = np.full(2**fs.n_features_log2, float(meta["idf_default"]), dtype=np.float32)
+                idf[t["idf_indices"]] = t["idf_values"]
+            skip = ("format", "features", "intercept", "threshold", "idf_default")
+            info = {k: v for k, v in meta.items() if k not in skip}
             model = cls(
                 fs,
                 weights,
@@ -207,6 +246,7 @@ class QualityModel:
                 t["stats_scale"],
                 t["stats_weights"],
                 info,
+                idf,
             )
         except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
             raise DataError(f"{d}: unreadable quality model ({e})") from e

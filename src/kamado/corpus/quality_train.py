@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from kamado.corpus.quality_eval import read_labelled
-from kamado.corpus.quality_model import FeatureSettings, QualityModel, hashed_ngrams, rule_stat_matrix
+from kamado.corpus.quality_model import (
+    FeatureSettings,
+    QualityModel,
+    apply_idf,
+    fit_idf,
+    hashed_ngrams,
+    rule_stat_matrix,
+)
 from kamado.errors import DataError
 
 MIN_PRECISION = 0.80
@@ -45,15 +52,17 @@ class Candidate:
 
 
 def candidates() -> list[Candidate]:
-    """The grid `train-quality` compares. An earlier, wider sweep (LOG.md, 2026-12-04) found n-gram presence
-    (binary) better than counts, 1-3-grams better than 2-4-grams, C 10-30 better than 1-3, the rules' statistics
-    worth little on top; every candidate reads the first 500 characters (the annotator saw 300; speed)."""
-    out = []
-    for lo, hi, c in ((1, 2, 10.0), (1, 3, 10.0), (1, 3, 30.0)):
-        fs = FeatureSettings(ngram_min=lo, ngram_max=hi, binary=True, max_chars=500)
-        out.append(Candidate(f"char{lo}-{hi} binary C={c:g}", fs, c))
-    fs = FeatureSettings(ngram_min=1, ngram_max=3, binary=True, max_chars=500, rule_stats=RULE_STATS)
-    out.append(Candidate("char1-3 binary + rules C=30", fs, 30.0))
+    """The grid `train-quality` compares. Earlier, wider sweeps (LOG.md, 2026-12-04 and -05) found n-gram presence
+    (binary) better than raw counts and sublinear TF-IDF better than both, 1-2/1-3-grams better than 2-4-grams,
+    the rules' statistics worth little on top; every candidate reads the first 500 characters (the annotator
+    saw 300; speed). The first candidate is session 9's model, kept as the reference."""
+    fs = FeatureSettings(ngram_min=1, ngram_max=2, binary=True, max_chars=500)
+    out = [Candidate("char1-2 binary C=10", fs, 10.0)]
+    for lo, hi, c in ((1, 2, 3.0), (1, 3, 10.0), (1, 3, 30.0)):
+        fs = FeatureSettings(ngram_min=lo, ngram_max=hi, tfidf=True, max_chars=500)
+        out.append(Candidate(f"char{lo}-{hi} tfidf C={c:g}", fs, c))
+    fs = FeatureSettings(ngram_min=1, ngram_max=3, tfidf=True, max_chars=500, rule_stats=RULE_STATS)
+    out.append(Candidate("char1-3 tfidf + rules C=10", fs, 10.0))
     return out
 
 
@@ -61,37 +70,49 @@ def candidates() -> list[Candidate]:
 class Design:
     """The features of a labelled set for one candidate, computed once and sliced per fold."""
 
-    ngrams: Any  # csr_matrix
+    ngrams: Any  # csr_matrix; for TF-IDF the sublinear counts, weighted by an idf fit on each training part
     stats: np.ndarray  # raw (log1p) rule statistics, standardised per fit
     y: np.ndarray  # 1 = good
+    tfidf: bool = False
 
     @classmethod
     def build(cls, texts: list[str], y: np.ndarray, fs: FeatureSettings) -> Design:
-        return cls(hashed_ngrams(texts, fs), rule_stat_matrix(texts, fs.rule_stats, fs.max_chars), y)
+        return cls(hashed_ngrams(texts, fs), rule_stat_matrix(texts, fs.rule_stats, fs.max_chars), y, fs.tfidf)
 
 
-def _fit(d: Design, rows: np.ndarray, c: float) -> tuple[Any, np.ndarray, np.ndarray]:
-    """(fitted LogisticRegression, stats mean, stats scale) on `rows` of `d`."""
+@dataclass
+class Fit:
+    """A logistic regression fit on some rows of a Design, with what it learnt from those rows alone: the
+    statistics' standardisation and, for TF-IDF, the idf."""
+
+    lr: Any
+    mean: np.ndarray
+    scale: np.ndarray
+    idf: np.ndarray | None
+
+
+def _fit(d: Design, rows: np.ndarray, c: float) -> Fit:
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = d.stats[rows].mean(axis=0), d.stats[rows].std(axis=0)
     scale[scale == 0] = 1.0
-    lr = LogisticRegression(C=c, solver="liblinear", max_iter=1000)
-    lr.fit(_matrix(d, rows, mean, scale), d.y[rows])
-    return lr, mean, scale
+    idf = fit_idf(d.ngrams[rows]) if d.tfidf else None
+    fit = Fit(LogisticRegression(C=c, solver="liblinear", max_iter=1000), mean, scale, idf)
+    fit.lr.fit(_matrix(d, rows, fit), d.y[rows])
+    return fit
 
 
-def _matrix(d: Design, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> Any:
+def _matrix(d: Design, rows: np.ndarray, fit: Fit) -> Any:
     from scipy.sparse import csr_matrix, hstack
 
+    ngrams = d.ngrams[rows] if fit.idf is None else apply_idf(d.ngrams[rows], fit.idf)
     if d.stats.shape[1] == 0:
-        return d.ngrams[rows]
-    return hstack([d.ngrams[rows], csr_matrix((d.stats[rows] - mean) / scale)], format="csr")
+        return ngrams
+    return hstack([ngrams, csr_matrix((d.stats[rows] - fit.mean) / fit.scale)], format="csr")
 
 
-def _predict(d: Design, fit: tuple[Any, np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
-    lr, mean, scale = fit
-    return np.asarray(lr.predict_proba(_matrix(d, rows, mean, scale))[:, 1])
+def _predict(d: Design, fit: Fit, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(fit.lr.predict_proba(_matrix(d, rows, fit))[:, 1])
 
 
 def prf(y: np.ndarray, keep: np.ndarray) -> tuple[float, float, float]:
@@ -180,16 +201,16 @@ def train_quality(
     d = designs[cand.features]
     everything = np.arange(len(y))
     threshold = choose_threshold(y, _oof_scores(d, everything, cand.c, folds, seed))
-    lr, mean, scale = _fit(d, everything, cand.c)
+    fit = _fit(d, everything, cand.c)
     n = 2**cand.features.n_features_log2
-    coef = lr.coef_[0]
+    coef = fit.lr.coef_[0]
     model = QualityModel(
         features=cand.features,
         weights=coef[:n].astype(np.float16).astype(np.float32),  # what the saved file holds
-        intercept=float(lr.intercept_[0]),
+        intercept=float(fit.lr.intercept_[0]),
         threshold=threshold,
-        stats_mean=mean,
-        stats_scale=scale,
+        stats_mean=fit.mean,
+        stats_scale=fit.scale,
         stats_weights=np.asarray(coef[n:], dtype=np.float64),
         info={
             "chosen": cand.name,
@@ -202,6 +223,7 @@ def train_quality(
             "cross_validation": table,
             "data_card": DATA_CARD,
         },
+        idf=fit.idf,
     )
     model.save(out_dir)
     return model, table
