@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kamado.corpus import report as corpus_report
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,7 +48,9 @@ def test_tiny_recipe_end_to_end_and_resume_after_kill(tmp_path, shrink_args, pos
     # the recipe starts from the WARC sample: its web corpus is a training source with its own shards
     assert summary["web_corpus"]["documents_out"] >= 10
     assert (full / "corpus" / "corpus_funnel.png").is_file() and (full / "data" / "ja_web" / "manifest.json").is_file()
-    assert "| quality classifier |" in (full / "corpus" / "corpus_report.md").read_text()  # it ran (scores only)
+    funnel = dict(corpus_report.funnel(summary["web_corpus"]))
+    assert funnel["quality classifier"] < funnel["quality filters"]  # the classifier dropped documents
+    assert "| 🧮 Quality classifier | low_quality_score |" in (full / "corpus" / "corpus_report.md").read_text()
     assert any(name == "ja_web" for name, _ in summary["data_rows"])
     bpc = summary["bits_per_char"]
     assert {k.split()[0] for k in bpc} == {"ja", "en"}
