@@ -98,6 +98,8 @@ def test_linear_lm_loss_under_bf16_autocast_matches_a_bf16_linear_head():
     assert out.loss.dtype == torch.float32 and gh.dtype == hidden.dtype and gw.dtype == weight.dtype
     torch.testing.assert_close(out.loss, ref.loss)  # same bf16 logits, float32 reductions
     torch.testing.assert_close(out.z_loss, ref.z_loss)
+    assert out.log_z is not None and out.log_z.dtype == torch.float32  # summed in float32, not in bf16
+    torch.testing.assert_close(out.log_z, ref.log_z)
     torch.testing.assert_close(gh, ref_gh, rtol=2e-2, atol=1e-3)  # bf16 matmuls: the sum order differs
     torch.testing.assert_close(gw, ref_gw, rtol=2e-2, atol=1e-3)
 
@@ -160,6 +162,25 @@ def test_one_scored_token_is_its_own_mean(chunked):
     assert out.num_tokens == 1
     assert math.isclose(out.ce.item(), lse - 0.0, rel_tol=1e-6)
     assert math.isclose(out.loss.item(), lse + 0.5 * lse**2, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1, 3])  # None: lm_loss; 1: a chunk per row, the last one ignored
+def test_log_z_is_the_mean_log_normaliser_of_the_scored_rows(chunk_rows):
+    """log Z (what the Z-loss pulls to 0, logged by the trainer) by hand: the mean logsumexp of the 3 scored rows."""
+    expected = sum(hand_lse(r) for r in ([2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [1.0, 1.0, 1.0])) / 3
+    if chunk_rows is None:
+        out = lm_loss(LOGITS, TARGETS, 1e-2)
+    else:  # the identity head: the logits are the hidden state
+        out = linear_lm_loss(LOGITS, torch.eye(3), TARGETS, 1e-2, chunk_rows)
+    assert out.log_z is not None and math.isclose(out.log_z.item(), expected, rel_tol=1e-6)
+
+
+def test_work_buffers_are_made_on_the_asked_device():
+    from kamado.model import loss as loss_module
+
+    buf = loss_module._workspace("test_device", (2, 3), torch.float32, torch.device("meta"))
+    assert buf.device.type == "meta" and buf.shape == (2, 3)
+    loss_module.release_workspace()
 
 
 def test_linear_lm_loss_is_stable_when_rows_sit_hundreds_of_nats_apart():
