@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from kamado.errors import ConfigError
 from kamado.model.transformer import Transformer
 from kamado.train.callbacks import Callback, Checkpointer
 from kamado.train.trainer import Trainer
@@ -28,17 +29,19 @@ class Recorder(Callback):
         self.evals.append(dict(metrics))
 
 
-def make(cfg, loader, callbacks):
+def make(cfg, loader, callbacks, val_batches=None):
     torch.manual_seed(cfg.train.seed)
-    return Trainer(cfg, Transformer(cfg.model), loader, cfg.out_dir, callbacks=callbacks)
+    return Trainer(cfg, Transformer(cfg.model), loader, cfg.out_dir, val_batches=val_batches, callbacks=callbacks)
 
 
 def test_each_step_reports_the_tokens_trained_on_so_far(tiny_cfg, loader_cls):
     tiny_cfg.train.steps, tiny_cfg.train.grad_accum = 6, 2
     rec = Recorder()
-    make(tiny_cfg, loader_cls(64, 4, 16), [rec]).fit()
+    result = make(tiny_cfg, loader_cls(64, 4, 16), [rec]).fit()
     per_step = 4 * 2 * 16  # batch 4 × grad_accum 2 × 16 tokens per sequence
     assert [m["tokens"] for m in rec.steps] == [per_step * s for s in range(1, 7)]
+    assert all(math.isfinite(m["log_z"]) for m in rec.steps)  # the output softmax's log Z, what Z-loss watches
+    assert result == {"step": 6, "eval": None}  # no validation data: no evaluation result
 
 
 class PhasedLoader:
@@ -76,9 +79,8 @@ def test_each_step_reports_the_loaders_data_phase(tiny_cfg, loader_cls):
 def test_evaluation_runs_every_n_steps_and_at_the_last(tiny_cfg, loader_cls, every, expected):
     tiny_cfg.train.steps, tiny_cfg.train.eval_every = 5, every
     rec = Recorder()
-    t = make(tiny_cfg, loader_cls(64, 4, 16), [rec])
-    t.val_batches = lambda: iter([loader_cls(64, 4, 16, seed=7).next_batch()])
-    t.fit()
+    val = lambda: iter([loader_cls(64, 4, 16, seed=7).next_batch()])  # noqa: E731
+    make(tiny_cfg, loader_cls(64, 4, 16), [rec], val_batches=val).fit()
     assert [e["step"] for e in rec.evals] == expected
     assert all(math.isfinite(e["val_ce"]) for e in rec.evals)
 
@@ -97,3 +99,47 @@ def test_a_rollback_with_no_checkpoint_left_says_so(tiny_cfg, loader_cls):
     t.forward_backward = lambda x, y: {**orig(x, y), "loss": math.nan} if t.step >= 2 else orig(x, y)
     with pytest.raises(RuntimeError, match=r"^stability monitor asked for a rollback but no checkpoint exists$"):
         t.fit()
+
+
+def test_a_nan_loss_at_the_very_first_step_is_skipped(tiny_cfg, loader_cls):
+    t = make(tiny_cfg, loader_cls(64, 4, 16), [])
+    orig = t.forward_backward
+    t.forward_backward = lambda x, y: {**orig(x, y), "loss": math.nan} if t.loader.index == 1 else orig(x, y)
+    assert t.fit()["step"] == tiny_cfg.train.steps
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_a_one_step_run_saves_its_step(tiny_cfg, loader_cls):
+    """Nothing saved yet when the loop starts (no stability checkpoint at step 0): the end of step 1 saves it."""
+    tiny_cfg.train.steps, tiny_cfg.stability.enabled = 1, False
+    t = make(tiny_cfg, loader_cls(64, 4, 16), [Checkpointer()])
+    t.fit()
+    assert [p.name for p in sorted(t.ckpt_dir.iterdir())] == ["step_00000001"]
+
+
+def test_the_configured_settings_reach_torch(tiny_cfg, loader_cls):
+    before = torch.get_num_threads()
+    try:
+        tiny_cfg.train.threads = 1
+        t = make(tiny_cfg, loader_cls(64, 4, 16), [])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert t.peak_flops == tiny_cfg.train.peak_flops  # what MFU divides by, before any callback measures one
+    with t.autocast():  # train.dtype = "bf16"
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    tiny_cfg.train.dtype, tiny_cfg.train.steps = "fp32", 3
+    plain = make(tiny_cfg, loader_cls(64, 4, 16), [])
+    with plain.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    assert plain.fit()["step"] == 3
+    tiny_cfg.train.compile = True
+    compiled = make(tiny_cfg, loader_cls(64, 4, 16), [])
+    assert isinstance(compiled.forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.forward._orig_mod is compiled.model
+
+
+def test_an_unknown_dtype_is_a_config_error(tiny_cfg, loader_cls):
+    tiny_cfg.train.dtype = "fp16"
+    with pytest.raises(ConfigError, match=r"^train\.dtype must be 'bf16' or 'fp32', got 'fp16'$"):
+        make(tiny_cfg, loader_cls(64, 4, 16), [])
