@@ -107,6 +107,30 @@ def test_recover_interrupted_resave(saved):
     assert ckpt.verify_checkpoint(s3) is None and not list(root.glob("*.old"))
 
 
+def test_recovery_moves_in_the_new_copy_not_the_old(saved):
+    """Killed between the renames of a re-save whose new copy differs from the old: the new one is used."""
+    root, _, _ = saved
+    s3 = root / "step_00000003"
+    os.rename(s3, root / "step_00000003.old")
+    shutil.copytree(root / "step_00000002", root / "step_00000003.tmp")  # complete, and not the old step 3
+    new = (root / "step_00000002" / "model.safetensors").read_bytes()
+    ckpt.recover_interrupted_saves(root)
+    assert (s3 / "model.safetensors").read_bytes() == new and ckpt.verify_checkpoint(s3) is None
+    assert not list(root.glob("*.old")) and not list(root.glob("*.tmp"))
+
+
+def test_a_first_save_killed_before_its_rename_is_kept_when_complete(saved):
+    """A `.tmp` with no older copy: complete (integrity record matches) it becomes the step; incomplete it goes."""
+    root, _, _ = saved
+    shutil.copytree(root / "step_00000003", root / "step_00000004.tmp")
+    shutil.copytree(root / "step_00000003", root / "step_00000005.tmp")
+    (root / "step_00000005.tmp" / "integrity.json").unlink()  # killed before the record: not finished
+    ckpt.recover_interrupted_saves(root)
+    assert [p.name for p in ckpt.list_checkpoints(root)][-2:] == ["step_00000003", "step_00000004"]
+    assert ckpt.verify_checkpoint(root / "step_00000004") is None
+    assert not list(root.glob("*.tmp"))
+
+
 def test_readers_leave_a_save_in_progress_alone(saved):
     """`kamado generate` beside a training run lists checkpoints; it must not delete the trainer's `.tmp`."""
     root, _, _ = saved
