@@ -131,6 +131,33 @@ def test_a_first_save_killed_before_its_rename_is_kept_when_complete(saved):
     assert not list(root.glob("*.tmp"))
 
 
+def test_model_weights_added_to_a_sealed_checkpoint_are_listed_and_verified(saved):
+    """A distributed run seals its checkpoint first, then adds the consolidated `model.safetensors`."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    root, model, _ = saved
+    folder = root / "step_00000003"
+    (folder / "model.safetensors").unlink()
+    record = json.loads((folder / "integrity.json").read_text())
+    del record["files"]["model.safetensors"]
+    (folder / "integrity.json").write_text(json.dumps(record))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt.add_model_weights(folder, weights)
+    data = (folder / "model.safetensors").read_bytes()
+    entry = json.loads((folder / "integrity.json").read_text())["files"]["model.safetensors"]
+    assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert set(json.loads((folder / "integrity.json").read_text())["files"]) == set(record["files"]) | {
+        "model.safetensors"
+    }
+    assert ckpt.verify_checkpoint(folder) is None
+    loaded = load_file(str(folder / "model.safetensors"))
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
+    (folder / "model.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert ckpt.verify_checkpoint(folder) is not None  # and the record now guards them
+
+
 def test_readers_leave_a_save_in_progress_alone(saved):
     """`kamado generate` beside a training run lists checkpoints; it must not delete the trainer's `.tmp`."""
     root, _, _ = saved
