@@ -158,6 +158,68 @@ def test_model_weights_added_to_a_sealed_checkpoint_are_listed_and_verified(save
     assert ckpt.verify_checkpoint(folder) is not None  # and the record now guards them
 
 
+def _sealed(folder, files: dict[str, bytes], fmt: str | None, hashes: bool = True):
+    """A checkpoint folder holding `files`, sealed the way `publish` seals one (or, fmt None, with no format key)."""
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    if fmt is None:  # records written before the format key existed
+        ckpt.write_integrity(folder)
+        record = json.loads((folder / "integrity.json").read_text())
+        del record["format"]
+        (folder / "integrity.json").write_text(json.dumps(record))
+    else:
+        ckpt.write_integrity(folder, fmt, hashes)
+    return folder
+
+
+def test_a_dcp_checkpoint_is_verified_by_its_own_files_and_sizes(tmp_path):
+    """Distributed (DCP) checkpoints record sizes only and need `.metadata` + `state.json`, not the safetensors
+    files; every other record is checked by SHA-256 (`kamado.parallel` writes the DCP ones; checked here alone)."""
+    shards = {".metadata": b"m" * 10, "__0_0.distcp": b"a" * 100, "__1_0.distcp": b"b" * 100, "state.json": b"{}"}
+    dcp = _sealed(tmp_path / "dcp", shards, "dcp", hashes=False)
+    assert ckpt.verify_checkpoint(dcp) is None  # no model.safetensors needed
+    (dcp / "__0_0.distcp").write_bytes(b"A" * 100)  # same size, other bytes: sizes only, so still intact
+    assert ckpt.verify_checkpoint(dcp) is None
+    (dcp / "__1_0.distcp").write_bytes(b"b" * 99)  # a later file shorter: found, after the first was skipped
+    assert ckpt.verify_checkpoint(dcp) == "__1_0.distcp has 99 bytes, 100 were written"
+    no_meta = _sealed(tmp_path / "no_meta", {k: v for k, v in shards.items() if k != ".metadata"}, "dcp", False)
+    assert ckpt.verify_checkpoint(no_meta) == "integrity.json does not list .metadata"
+    plain = {"model.safetensors": b"w" * 8, "rng.safetensors": b"r" * 8, "state.json": b"{}"}
+    for fmt in ("safetensors", None):  # a plain checkpoint, with or without the format key: hashes are checked
+        folder = _sealed(tmp_path / f"plain_{fmt}", plain, fmt)
+        assert ckpt.verify_checkpoint(folder) is None
+        (folder / "model.safetensors").write_bytes(b"W" * 8)
+        assert (
+            ckpt.verify_checkpoint(folder)
+            == "model.safetensors does not match its SHA-256 (the bytes changed after the save)"
+        )
+    hashed_dcp = _sealed(tmp_path / "hashed_dcp", shards, "dcp", hashes=True)  # a DCP record with hashes: checked
+    (hashed_dcp / "__0_0.distcp").write_bytes(b"A" * 100)
+    assert ckpt.verify_checkpoint(hashed_dcp) == (
+        "__0_0.distcp does not match its SHA-256 (the bytes changed after the save)"
+    )
+    newer = _sealed(tmp_path / "newer", plain, "a-format-from-a-newer-kamado")  # checked as a plain one
+    assert ckpt.verify_checkpoint(newer) is None
+    (newer / "rng.safetensors").unlink()
+    assert ckpt.verify_checkpoint(newer) == "rng.safetensors is missing"
+    unhashed = _sealed(tmp_path / "unhashed", plain, "safetensors", hashes=False)  # only DCP may skip hashes
+    assert ckpt.verify_checkpoint(unhashed) is not None
+    assert ckpt.verify_checkpoint(_sealed(tmp_path / "no_model", shards, "safetensors")) == (
+        "integrity.json does not list model.safetensors"
+    )
+
+
+def test_only_step_folders_are_checkpoints_oldest_first(tmp_path):
+    root = tmp_path / "ckpt"
+    for name in ("step_00000010", "step_00000002", "step_00000100"):
+        (root / name).mkdir(parents=True)
+    (root / "step_00000005").write_text("a file, not a folder")
+    for name in ("step_00000007.tmp", "step_00000003.old", "step_00000004.corrupt", "notes"):
+        (root / name).mkdir()
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_00000002", "step_00000010", "step_00000100"]
+
+
 def test_readers_leave_a_save_in_progress_alone(saved):
     """`kamado generate` beside a training run lists checkpoints; it must not delete the trainer's `.tmp`."""
     root, _, _ = saved
