@@ -79,8 +79,10 @@ def test_all_corrupt_is_one_clear_error(saved):
     root, _, _ = saved
     for p in ckpt.list_checkpoints(root):
         (p / "integrity.json").unlink()
-    with pytest.raises(CheckpointError, match=r"no intact checkpoint.*step_00000003: no integrity\.json"):
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint.*step_00000003: no integrity\.json") as err:
         ckpt.latest_checkpoint(root, quarantine=True)
+    reasons = str(err.value).split(" (", 1)[1].rstrip(")").split("; ")  # one reason per checkpoint, newest first
+    assert [r.split(":")[0] for r in reasons] == ["step_00000003", "step_00000002", "step_00000001"]
     assert len(ckpt.list_checkpoints(root)) == 3  # nothing renamed when there is nothing to fall back to
 
 
@@ -227,6 +229,9 @@ def test_readers_leave_a_save_in_progress_alone(saved):
     assert ckpt.latest_checkpoint(root).name == "step_00000003"
     assert ckpt.find_checkpoint(root / "step_00000003") == root / "step_00000003"
     assert (root / "step_00000004.tmp").is_dir()
+    (root / "step_00000003" / "state.json").write_text("{}")  # the newest damaged: readers fall back, rename nothing
+    assert ckpt.latest_checkpoint(root).name == "step_00000002"
+    assert (root / "step_00000003").is_dir() and not list(root.glob("*.corrupt"))
 
 
 def test_pruning_removes_only_older_steps(saved):

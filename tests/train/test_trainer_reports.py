@@ -117,6 +117,20 @@ def test_a_one_step_run_saves_its_step(tiny_cfg, loader_cls):
     assert [p.name for p in sorted(t.ckpt_dir.iterdir())] == ["step_00000001"]
 
 
+def test_a_trainers_checkpoint_rebuilds_its_model_alone(tiny_cfg, loader_cls):
+    """`kamado generate`, `serve` and `eval` load a run's checkpoint with no config beside it: the state holds it."""
+    from kamado.train import checkpoint as ckpt
+
+    tiny_cfg.train.steps, tiny_cfg.model.d_model, tiny_cfg.model.ffn_hidden = 2, 48, 96  # not the defaults
+    t = make(tiny_cfg, loader_cls(64, 4, 16), [Checkpointer()])
+    t.fit()
+    model, found = ckpt.load_model(t.ckpt_dir / "step_00000002")
+    assert found.name == "step_00000002" and model.cfg == tiny_cfg.model
+    x = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(model(x), t.model.eval()(x))
+
+
 def test_the_configured_settings_reach_torch(tiny_cfg, loader_cls):
     before = torch.get_num_threads()
     try:
