@@ -134,6 +134,7 @@ def test_a_trainers_checkpoint_rebuilds_its_model_alone(tiny_cfg, loader_cls):
 def test_the_configured_settings_reach_torch(tiny_cfg, loader_cls):
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(3)  # not what is configured, whatever OMP_NUM_THREADS this process started with
         tiny_cfg.train.threads = 1
         t = make(tiny_cfg, loader_cls(64, 4, 16), [])
         assert torch.get_num_threads() == 1
