@@ -101,7 +101,7 @@ def test_run_on_a_full_disk_then_resume(micro, reference, small_fs, fault_counts
 def test_run_with_injected_enospc_then_resume(micro, reference, tmp_path, fault_counts, nth):
     out = tmp_path / "run"
     r = micro.run(out, failpoint=f"disk.write:{nth}@enospc")
-    one_line_error(r, "No space left on device")
+    one_line_error(r, "No space left on device", str(out))  # the file it could not write, as a real ENOSPC names
     micro.ok(out)
     micro.assert_same(micro.outcome(out), reference[1], f"ENOSPC at write {nth}")
     fault_counts["full disks survived"] += 1
