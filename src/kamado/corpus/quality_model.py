@@ -6,8 +6,8 @@ A model folder holds two files, both plain data:
 - `model.safetensors`: the non-zero weights of the hashed features (`indices` int32, `weights` float16); for TF-IDF
   features the idf of the buckets seen in training (`idf_indices`, `idf_values`; the rest share `idf_default`);
   when the rules' statistics are features too, their standardisation (`stats_mean`, `stats_scale`) and weights;
-- `model.json`: the feature settings, intercept, decision threshold, `idf_default`, cross-validation numbers, the training data's
-  SHA-256 and a data card.
+- `model.json`: the feature settings, intercept, decision threshold, `idf_default`, cross-validation numbers, the
+  training data's SHA-256 and a data card.
 
 Why hashing (scikit-learn's stateless `HashingVectorizer`, MurmurHash3 of each n-gram): there is no vocabulary to
 store or to unpickle, so the weights are the whole model, and scoring is one sparse dot product. Character
