@@ -233,6 +233,10 @@ def test_model_stock_identities():
     close(mm.model_stock(base, ortho), base)
     opposed = [T([1.0, 0.0, 0.0]), T([-1.0, 0.1, 0.0])]  # obtuse: clamped to cos 0, the base
     close(mm.model_stock(base, opposed), base)
+    # one model left this tensor as it was (a zero delta): no angle to measure, counted as cos 0 → the base
+    unchanged = [T([0.0, 0.0, 0.0]), T([1.0, 1.0, 0.0])]
+    assert mm.model_stock_ratio(unchanged) == 0.0
+    close(mm.model_stock(base, unchanged), base)
 
 
 # ------------------------------------------------------------------------------------------------- every method
