@@ -33,7 +33,7 @@ MUTANTS ?=
 RERUN ?=
 CHILDREN ?= 2
 mutation: install
-	$(BIN)/python tests/mutation_run.py --children $(CHILDREN) $(RERUN) $(foreach m,$(MUTANTS),'$(m)')
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python tests/mutation_run.py --children $(CHILDREN) $(RERUN) $(foreach m,$(MUTANTS),'$(m)')
 
 # The mutation score per module, and the survivors docs/mutation_triage.md does not name (needs mutants/).
 mutation-report: install
