@@ -132,6 +132,12 @@ def test_kth_largest_magnitude_is_exact_against_a_sort():
     for k in (1, 2, 3, 4, 17, 4000, 5003, 8003, 8005, 8105):
         got = T([mm.kth_largest_magnitude(x, k)], dtype=torch.int32).view(torch.float32)
         assert got.item() == ranked[k - 1].item(), k
+    # values that differ only below bit 20 share the first histogram's bucket: the 2nd and 3rd passes decide
+    close_values = T([1.0, 1.0 + 2**-5, 1.0 + 2**-10, 1.0 + 2**-20, -(1.0 + 2**-12), 2.0, 0.5])
+    ranked = close_values.abs().sort(descending=True).values
+    for k in range(1, len(close_values) + 1):
+        got = T([mm.kth_largest_magnitude(close_values, k)], dtype=torch.int32).view(torch.float32)
+        assert got.item() == ranked[k - 1].item(), k
 
 
 def test_chunked_steps_give_the_same_result_whatever_the_chunk(monkeypatch):
@@ -237,6 +243,23 @@ def test_model_stock_identities():
     unchanged = [T([0.0, 0.0, 0.0]), T([1.0, 1.0, 0.0])]
     assert mm.model_stock_ratio(unchanged) == 0.0
     close(mm.model_stock(base, unchanged), base)
+
+
+# ------------------------------------------------------------------------------------------------- dispatch
+def test_merge_tensor_routes_each_method_to_its_formula():
+    """`merge_tensor` (what `kamado merge` runs per parameter) against each formula called directly, on inputs
+    where the methods give different answers."""
+    base, a, b = T([1.0, -1.0, 0.5]), T([2.0, 0.0, 1.0]), T([0.0, 1.0, 2.0])
+    da, db = a - base, b - base
+    p = params("linear", weights=[3.0, 1.0], normalize=False)
+    close(mm.merge_tensor(p, "w", None, [a, b]), 3.0 * a + b)  # the plain weighted sum
+    close(mm.merge_tensor(params("linear", weights=[3.0, 1.0]), "w", None, [a, b]), (3.0 * a + b) / 4)
+    got = mm.merge_tensor(params("slerp", t=0.3), "w", None, [a, b])
+    close(got, mm.slerp(a, b, 0.3))
+    assert not torch.allclose(got, mm.slerp(b, b, 0.3))  # from a towards b, not from b
+    got = mm.merge_tensor(params("model_stock"), "w", base, [da, db])
+    close(got, mm.model_stock(base, [da, db]))
+    assert not torch.allclose(got, mm.disjoint_merge([da, db], [1.0, 1.0]).add_(base))
 
 
 # ------------------------------------------------------------------------------------------------- every method
