@@ -2,8 +2,10 @@
 # Issue 11 on one CUDA GPU, one command (< 5 min): the distributed trainer (torchrun, FSDP2 on the one GPU,
 # per-block torch.compile) on the `1b` preset — tokens/s and MFU in bf16 and in FP8 (torchao float8, tensorwise
 # and rowwise) — and the loss of FSDP on the GPU against the plain one-process trainer there (float32).
-#   OUT=/tmp/out PYTHONPATH=src bash bench/gpu_parallel.sh
-# On the lent GPU machine torchao is carried as a wheel (.whl/a: 0.18.0, .whl/b: 0.17.0, for an older torch).
+#   OUT=/tmp/out PYTHONPATH=src bash bench/gpu_parallel.sh      (ROWWISE=1, SWEEP=1: more runs, ~1 min each)
+# On the lent GPU machine torchao is carried as a wheel (.whl/a: 0.18.0, .whl/b: 0.17.0, for an older torch):
+#   pip download --no-deps -d .whl/a torchao==0.18.0; pip download --no-deps -d .whl/b torchao==0.17.0
+# (.whl/ is git-ignored here; pass carry=[".whl"] to the device tool).
 # MFU = tokens/s · flops/token (kamado.train.speed) / peak; the peak is the datasheet's dense bf16 989 TFLOP/s
 # (H100/H200 SXM), stated with --train.peak_flops, so the numbers compare with torchtitan's.
 set -u; OUT=${OUT:-/tmp}; export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore OMP_NUM_THREADS=8
@@ -63,3 +65,9 @@ for x, y in zip(a, b):
           f"grad norm {x['grad_norm']:.6f} vs {y['grad_norm']:.6f}")
 PY
 [ -n "${ROWWISE:-}" ] && { echo "== 3. FP8 rowwise"; LIMIT=100 mfu fp8_rowwise --parallel.fp8=rowwise; }
+if [ -n "${SWEEP:-}" ]; then  # the levers not yet measured on a GPU (~1 min each): SWEEP=1 bash bench/gpu_parallel.sh
+  echo "== 4. levers: FP8 weights gathered by FSDP2 (scales precomputed after each step); 16 x 2048 tokens a step"
+  mfu fp8_all_gather --parallel.fp8=tensorwise --parallel.fp8_all_gather=true
+  mfu bf16_b16 --train.batch_size=16
+  mfu fp8_all_gather_b16 --parallel.fp8=tensorwise --parallel.fp8_all_gather=true --train.batch_size=16
+fi

@@ -142,3 +142,34 @@ def test_fp8_converts_only_the_block_linears():
     assert kinds["layers.0.attn.qkv_proj"] is Float8Linear and kinds["layers.3.mlp.down_proj"] is Float8Linear
     assert kinds["lm_head"] is nn.Linear and kinds["embed"] is nn.Embedding
     assert sum(k is Float8Linear for k in kinds.values()) == 4 * 4
+
+
+def test_fp8_all_gather_wraps_the_block_weights_and_needs_tensorwise():
+    from torchao.float8.fsdp_utils import WeightWithDynamicFloat8CastTensor
+
+    def wrapped(all_gather: bool) -> int:
+        [stage] = split_stages(_model(), [4], [0])
+        apply_fp8(stage, "tensorwise", emulate=True, all_gather=all_gather)
+        return sum(isinstance(p, WeightWithDynamicFloat8CastTensor) for p in stage.parameters())
+
+    assert wrapped(True) == 4 * 4 and wrapped(False) == 0  # the 16 block linears' weights, nothing else
+    ParallelConfig(fp8="tensorwise", fp8_all_gather=True).validate()
+    for mode in ("none", "rowwise"):
+        with pytest.raises(ConfigError, match=r"fp8_all_gather needs parallel\.fp8 = 'tensorwise'"):
+            ParallelConfig(fp8=mode, fp8_all_gather=True).validate()
+
+
+def test_optimizer_group_runs_its_hook_once_every_optimizer_has_stepped():
+    from kamado.parallel.trainer import OptimizerGroup
+
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    seen: list[tuple[float, float]] = []
+    group = OptimizerGroup(
+        [torch.optim.SGD([a], lr=0.5), torch.optim.SGD([b], lr=0.5)],
+        after_step=lambda: seen.append((float(a.detach()[0]), float(b.detach()[0]))),
+    )
+    for _ in range(2):
+        a.grad, b.grad = torch.ones(2), torch.ones(2)
+        group.step()
+    assert seen == [(0.5, 0.5), (0.0, 0.0)]
+    OptimizerGroup([torch.optim.SGD([a], lr=0.5)]).step()  # no hook: fine

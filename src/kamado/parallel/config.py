@@ -31,6 +31,9 @@ class ParallelConfig:
     compile: bool = False  # torch.compile each block (per-block keeps compile time flat in depth)
     fp8: str = "none"  # torchao float8 on the blocks' linears: "none" | "tensorwise" | "rowwise"
     fp8_emulate: bool = False  # emulate the FP8 matmuls (CPU, or a GPU without FP8 units): for tests
+    # FSDP2 all-gathers the tensorwise-FP8 weights (half the bytes of bf16) and their scales are computed for all
+    # blocks at once after each optimizer step (torchao `precompute_float8_dynamic_scale_for_fsdp`)
+    fp8_all_gather: bool = False
     meta_init: bool = False  # build on the meta device and initialise shard by shard (models too big for one host)
     backend: str = "auto"  # torch.distributed backend: auto = nccl on CUDA, gloo on the CPU
 
@@ -44,6 +47,11 @@ class ParallelConfig:
         check_choice("parallel.activation_checkpoint", self.activation_checkpoint, AC_MODES)
         check_choice("parallel.fp8", self.fp8, FP8_MODES)
         check_choice("parallel.backend", self.backend, ("auto", "nccl", "gloo"))
+        if self.fp8_all_gather and self.fp8 != "tensorwise":
+            raise ConfigError(
+                f"parallel.fp8_all_gather needs parallel.fp8 = 'tensorwise' (it is {self.fp8!r}): torchao gathers "
+                "FP8 weights with one scale per tensor only"
+            )
 
     @property
     def stages_per_rank(self) -> int:

@@ -46,14 +46,25 @@ def stage_ids(cfg: RunConfig, pp_rank: int) -> list[int]:
     return [pp_rank, pp_rank + p.pp]
 
 
-def apply_fp8(stage: ModelStage, mode: str, emulate: bool) -> None:
-    """torchao float8 training on the blocks' linears; embedding, output head and norms stay in bf16/fp32."""
+def apply_fp8(stage: ModelStage, mode: str, emulate: bool, all_gather: bool = False) -> None:
+    """torchao float8 training on the blocks' linears; embedding, output head and norms stay in bf16/fp32.
+    `all_gather` (tensorwise only): FSDP2 gathers the weights already cast to FP8."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
-    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(mode), emulate=emulate)
+    config = dataclasses.replace(
+        Float8LinearConfig.from_recipe_name(mode), emulate=emulate, enable_fsdp_float8_all_gather=all_gather
+    )
     convert_to_float8_training(
         stage, config=config, module_filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn.startswith("layers.")
     )
+
+
+def precompute_fp8_scales(stages: list[ModelStage]) -> None:
+    """The scales of the FP8-gathered weights for the next all-gather, all blocks' amaxes in one reduction."""
+    from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+    for stage in stages:
+        precompute_float8_dynamic_scale_for_fsdp(stage)
 
 
 def _policy(_ctx: object, op: object, *_args: object, **_kwargs: object) -> CheckpointPolicy:
@@ -105,7 +116,7 @@ def build_stages(cfg: RunConfig, layout: Layout) -> list[ModelStage]:
     stages = split_stages(model, counts, stage_ids(cfg, layout.coord("pp")))
     for stage in stages:
         if p.fp8 != "none":
-            apply_fp8(stage, p.fp8, p.fp8_emulate)
+            apply_fp8(stage, p.fp8, p.fp8_emulate, p.fp8_all_gather)
         if p.tp > 1:
             apply_tp(stage, layout.mesh["tp"])
         add_ungroup_hooks(stage, cfg.model)

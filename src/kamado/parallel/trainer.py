@@ -24,7 +24,7 @@ from kamado.parallel.clip import clip_grads
 from kamado.parallel.data import rank_rows
 from kamado.parallel.loss import vocab_parallel_lm_loss
 from kamado.parallel.mesh import Layout
-from kamado.parallel.parallelize import build_stages, stage_ids
+from kamado.parallel.parallelize import build_stages, precompute_fp8_scales, stage_ids
 from kamado.parallel.pipeline import build_schedule, microbatches
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback
@@ -35,8 +35,9 @@ from kamado.train.trainer import Batch, BatchLoader, Trainer
 class OptimizerGroup:
     """One AdamW per model stage (DCP names their state by the stage's parameter names), stepped together."""
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], after_step: Callable[[], None] | None = None):
         self.optimizers = optimizers
+        self.after_step = after_step  # run once the weights have changed (FP8 all-gather: their scales)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -45,6 +46,8 @@ class OptimizerGroup:
     def step(self) -> None:
         for o in self.optimizers:
             o.step()
+        if self.after_step is not None:
+            self.after_step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
@@ -65,7 +68,7 @@ class DistributedTrainer(Trainer):
         self.stages = build_stages(cfg, layout)
         self.model = nn.ModuleList(self.stages)
         self.optimizers = [build_optimizer(s, cfg.optim) for s in self.stages]
-        self.optimizer = OptimizerGroup(self.optimizers)  # type: ignore[assignment]  # AdamW's interface, for the loop
+        self.optimizer = OptimizerGroup(self.optimizers, self._fp8_scales)  # type: ignore[assignment]  # for the loop
         self.init_loop(cfg, loader, out_dir, val_batches, callbacks)
         self.world_size = dist.get_world_size()
         self.tp_group = layout.group("tp") if layout.tp > 1 else None
@@ -94,7 +97,15 @@ class DistributedTrainer(Trainer):
         )
 
     def read_checkpoint(self, path: Path) -> dict[str, Any]:
-        return dckpt.load_dcp(path, self.stages, self.optimizers)
+        state = dckpt.load_dcp(path, self.stages, self.optimizers)
+        self._fp8_scales()  # the loaded weights' scales, not those of the weights they replaced
+        return state
+
+    def _fp8_scales(self) -> None:
+        """With FP8 all-gather, every block's weight scale (amax) for the next all-gather, in one reduction
+        (torchao's `precompute_float8_dynamic_scale_for_fsdp`, as torchtitan calls it after each step)."""
+        if self.cfg.parallel.fp8_all_gather:
+            precompute_fp8_scales(self.stages)
 
     def truncate_metrics(self) -> None:
         if dist.get_rank() == 0:  # the rank that logs
