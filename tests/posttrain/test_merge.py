@@ -281,16 +281,16 @@ def test_the_cli_offers_the_methods_the_code_has():
 # ------------------------------------------------------------------------------------------------- refusals
 BAD_SPECS = [
     (dict(method="soup", models=("a",)), r"--method = 'soup': must be one of 'linear', 'slerp'"),
-    (dict(method="linear", models=()), r"--models: give at least one model"),
+    (dict(method="linear", models=()), r"^--models: give at least one model to merge$"),
     (dict(method="ties", models=("a", "b"), density=0.5), r"ties needs --base"),
     (dict(method="model_stock", models=("a", "b")), r"model_stock needs --base"),
     (dict(method="linear", models=("a", "b"), base="c"), r"linear takes no --base"),
     (dict(method="slerp", models=("a", "b", "c"), t=0.5), r"slerp interpolates between exactly two --models \(got 3\)"),
-    (dict(method="slerp", models=("a", "b")), r"slerp needs --t"),
+    (dict(method="slerp", models=("a", "b")), r"^slerp needs --t, the fraction of the way .* in \[0, 1\]$"),
     (dict(method="slerp", models=("a", "b"), t=1.5), r"--t = 1.5: must be a number in \[0, 1\]"),
     (dict(method="model_stock", models=("a",), base="b"), r"model_stock needs at least two fine-tuned --models"),
     (dict(method="linear", models=("a", "b"), weights=(1.0,)), r"1 --weights for 2 --models"),
-    (dict(method="linear", models=("a", "b"), weights=(1.0, -1.0)), r"--weights sum to 0"),
+    (dict(method="linear", models=("a", "b"), weights=(1.0, -1.0)), r"^--weights sum to 0, .*weighted sum\)$"),
     (dict(method="linear", models=("a",), weights=(math.nan,)), r"--weights\[0\] = nan: must be a finite number"),
     (dict(method="ties", models=("a",), base="b"), r"ties needs --density"),
     (dict(method="ties", models=("a",), base="b", density=0.0), r"--density = 0.0: must be a number in \(0, 1\]"),
@@ -301,6 +301,9 @@ BAD_SPECS = [
     (dict(method="model_stock", models=("a", "b"), base="c", lam=2.0), r"--lambda has no meaning for model_stock"),
     (dict(method="task_arithmetic", models=("a",), base="b", normalize=False), r"--no-normalize has no meaning"),
     (dict(method="dare_linear", models=("a",), base="b", density=0.5, seed=-1), r"--seed = -1: must be an integer"),
+    (dict(method="dare_linear", models=("a",), base="b", density=0.5, seed=1.5), r"--seed = 1.5: must be an integer"),
+    (dict(method="linear", models=("a",), t=0.5), r"^--t has no meaning for linear \(see `kamado merge --help`\)$"),
+    (dict(method="task_arithmetic", models=("a",), base="b", lam=math.nan), r"^--lambda = nan: must be a finite"),
 ]
 
 
@@ -309,6 +312,15 @@ def test_bad_parameters_are_refused_before_any_file_is_read(spec, message, tmp_p
     with pytest.raises(ConfigError, match=message):
         merge_checkpoints(MergeSpec(**spec), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_parameters_left_out_take_their_documented_defaults():
+    """No --weights: 1 per model (not normalised away for task arithmetic: two task vectors add up in full);
+    no --lambda: 1; no --seed: 0; --no-normalize belongs to linear."""
+    got = mm.check_spec(MergeSpec(method="task_arithmetic", models=("a", "b"), base="c"))
+    assert (got.weights, got.lam, got.seed, got.density) == ([1.0, 1.0], 1.0, 0, 1.0)
+    assert mm.check_spec(MergeSpec(method="dare_ties", models=("a",), base="b", density=0.5)).seed == 0
+    assert mm.check_spec(MergeSpec(method="linear", models=("a", "b"), normalize=False)).normalize is False
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
