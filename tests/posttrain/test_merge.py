@@ -140,6 +140,15 @@ def test_kth_largest_magnitude_is_exact_against_a_sort():
         assert got.item() == ranked[k - 1].item(), k
 
 
+def test_kth_largest_magnitude_counts_exactly_past_2_to_the_24():
+    """A bucket holding 2^24 + 3 entries (a 64 MB tensor; a large model's matrices hold more): a float32 histogram
+    would round that count up to 2^24 + 4 and answer 1.0 for the next entry down, 0.5."""
+    x = torch.ones(2**24 + 4)
+    x[-1] = 0.5
+    got = T([mm.kth_largest_magnitude(x, 2**24 + 4)], dtype=torch.int32).view(torch.float32)
+    assert got.item() == 0.5
+
+
 def test_chunked_steps_give_the_same_result_whatever_the_chunk(monkeypatch):
     torch.manual_seed(4)
     deltas, weights = [torch.randn(30, 11), torch.randn(30, 11), torch.randn(30, 11)], [1.0, 0.5, 2.0]
