@@ -218,3 +218,32 @@ def test_classifier_step_in_the_pipeline_scores_and_shows_in_the_funnel(tmp_path
     threshold = QualityModel.load(DEFAULT_MODEL_DIR).threshold
     assert kept and all(d["metadata"]["quality_score"] >= round(threshold, 4) - 1e-4 for d in kept)
     assert "low_quality_score" in (tmp_path / "out" / "corpus_report.md").read_text()
+
+
+def _report_the_parents_marker(data, rank: int = 0, world_size: int = 1):  # a datatrove step: a generator function
+    import sys
+
+    marker = sys.modules.get("kamado_parent_marker")  # set in the test's process: a forked worker has it
+    if marker is not None:
+        Path(marker.out_dir, f"{rank}.txt").write_text("inherited")
+    yield from data or []
+
+
+def test_local_workers_are_forked_with_the_parents_modules_on_linux(tmp_path: Path) -> None:
+    """The local executor's workers start from the parent's memory (fork), not from a fresh interpreter
+    (datatrove's default forkserver re-imports everything in every stage's pool: ~1 s a stage)."""
+    import sys
+    import types
+
+    from kamado.corpus.pipeline import _executor
+
+    if sys.platform != "linux":
+        pytest.skip("fork is used on Linux only")
+    marker = types.ModuleType("kamado_parent_marker")
+    marker.out_dir = str(tmp_path)  # type: ignore[attr-defined]
+    sys.modules["kamado_parent_marker"] = marker
+    try:
+        _executor(CorpusConfig(tasks=2, workers=2), [_report_the_parents_marker], 2, str(tmp_path / "logs")).run()
+    finally:
+        del sys.modules["kamado_parent_marker"]
+    assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["0.txt", "1.txt"]

@@ -61,7 +61,13 @@ def _executor(cfg: CorpusConfig, steps: list[Any], tasks: int, logging_dir: str)
         return RayPipelineExecutor(steps, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir)
     from datatrove.executor import LocalPipelineExecutor
 
-    return LocalPipelineExecutor(steps, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir)
+    # On Linux the workers are forked: they start with kamado, datatrove and trafilatura already imported, where
+    # datatrove's default (forkserver) imports them afresh in every stage's pool, about 1 s a stage (LOG.md,
+    # 2026-12-05). kamado's commands have started no thread then but fsspec's IO loop, which a child resets.
+    start = "fork" if sys.platform == "linux" else "forkserver"
+    return LocalPipelineExecutor(
+        steps, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir, start_method=start
+    )
 
 
 def stage_stats(logging_dir: Path) -> dict[str, dict[str, int]]:
