@@ -31,8 +31,8 @@ class ParallelConfig:
     compile: bool = False  # torch.compile each block (per-block keeps compile time flat in depth)
     fp8: str = "none"  # torchao float8 on the blocks' linears: "none" | "tensorwise" | "rowwise"
     fp8_emulate: bool = False  # emulate the FP8 matmuls (CPU, or a GPU without FP8 units): for tests
-    # FSDP2 all-gathers the tensorwise-FP8 weights (half the bytes of bf16) and their scales are computed for all
-    # blocks at once after each optimizer step (torchao `precompute_float8_dynamic_scale_for_fsdp`)
+    # FSDP2 all-gathers the tensorwise-FP8 weights (half the bytes of bf16); their scales are computed for all
+    # blocks at once after each optimizer step and checkpoint load (torchao `precompute_float8_dynamic_scale_for_fsdp`)
     fp8_all_gather: bool = False
     meta_init: bool = False  # build on the meta device and initialise shard by shard (models too big for one host)
     backend: str = "auto"  # torch.distributed backend: auto = nccl on CUDA, gloo on the CPU

@@ -60,7 +60,7 @@ def apply_fp8(stage: ModelStage, mode: str, emulate: bool, all_gather: bool = Fa
 
 
 def precompute_fp8_scales(stages: list[ModelStage]) -> None:
-    """The scales of the FP8-gathered weights for the next all-gather, all blocks' amaxes in one reduction."""
+    """The scales of the FP8-gathered weights for the next all-gather: each stage's amaxes in one reduction."""
     from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
 
     for stage in stages:
