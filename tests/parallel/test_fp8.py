@@ -36,7 +36,11 @@ def test_fp8_trains_within_1_percent_of_bf16(runs, bf16, mode):
 
 def test_precomputed_fp8_scales_are_the_gathered_weights_amax(tmp_path):
     """FP8 all-gather on an FSDP2 stage (one gloo rank, in this process): after an optimizer step,
-    `precompute_fp8_scales` gives every block weight the scale torchao derives from its current amax."""
+    `precompute_fp8_scales` gives every block weight the scale torchao derives from its current amax, and
+    after a checkpoint restore (a rollback) the distributed trainer recomputes them for the restored weights."""
+    from functools import partial
+    from types import SimpleNamespace
+
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -46,8 +50,11 @@ def test_precomputed_fp8_scales_are_the_gathered_weights_amax(tmp_path):
 
     from kamado.config import ModelConfig
     from kamado.model.transformer import Transformer
+    from kamado.parallel import checkpoint as dckpt
+    from kamado.parallel.config import ParallelConfig
     from kamado.parallel.parallelize import apply_fp8, precompute_fp8_scales
     from kamado.parallel.stage import split_stages
+    from kamado.parallel.trainer import DistributedTrainer
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
@@ -71,5 +78,26 @@ def test_precomputed_fp8_scales_are_the_gathered_weights_amax(tmp_path):
             want = amax_to_scale(w._tensor.abs().max(), torch.float8_e4m3fn)
             torch.testing.assert_close(w._precomputed_scale, want)
         stage(x).float().mean().backward()  # the next all-gather uses them
+
+        # a rollback restores older weights: their scales, not the newer weights' ones, are gathered next
+        saved = dckpt.save_dcp(tmp_path / "ckpt", 1, [stage], [opt], {}, keep_last=0)
+        before = [m.weight._local_tensor._tensor.detach().clone() for m in linears]
+        opt.step()
+        precompute_fp8_scales([stage])
+        stale = [m.weight._local_tensor._precomputed_scale.clone() for m in linears]
+        trainer = SimpleNamespace(
+            stages=[stage],
+            optimizers=[opt],
+            cfg=SimpleNamespace(parallel=ParallelConfig(fp8="tensorwise", fp8_all_gather=True)),
+        )
+        trainer._fp8_scales = partial(DistributedTrainer._fp8_scales, trainer)
+        DistributedTrainer.read_checkpoint(trainer, saved)  # type: ignore[arg-type]
+        for m, w0 in zip(linears, before, strict=True):
+            w = m.weight._local_tensor
+            torch.testing.assert_close(w._tensor, w0)
+            want = amax_to_scale(w0.abs().max(), torch.float8_e4m3fn)
+            torch.testing.assert_close(w._precomputed_scale, want)
+        fresh = [m.weight._local_tensor._precomputed_scale for m in linears]
+        assert any(not torch.equal(a, b) for a, b in zip(fresh, stale, strict=True))  # the step moved some amax
     finally:
         dist.destroy_process_group()

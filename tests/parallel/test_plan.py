@@ -3,6 +3,7 @@ the 100b preset on 1024 H100s, the command line, and (on a GPU) the memory model
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +26,9 @@ from kamado.parallel.plan import (
     stages_of_rank,
     tokens_per_second,
 )
-from kamado.parallel.plan_memory import in_flight, layer_activation_bytes, memory_per_gpu
+from kamado.parallel.plan_memory import in_flight, layer_activation_bytes, memory_per_gpu, rank_memory
 from kamado.parallel.plan_report import json_report
-from kamado.parallel.plan_search import PlanRequest, search
+from kamado.parallel.plan_search import PlanRequest, candidates, search
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted((ROOT / "recipes").glob("*.toml"))
@@ -94,6 +95,11 @@ def test_recompute_and_fp8_peak():
     assert h100.bf16_flops < effective_peak(cfg, 8192, h100, "rowwise") < h100.fp8_flops  # type: ignore[operator]
     with pytest.raises(ConfigError, match="a100 has no FP8"):
         effective_peak(cfg, 8192, GPUS["a100"], "tensorwise")
+    # by hand: the blocks' linears (6 FLOPs a weight) at the FP8 peak, attention's products and the head at bf16's
+    linears = 6 * 32 * (4096 * (32 + 16) * 128 + 32 * 128 * 4096 + 3 * 4096 * 14336)
+    rest = 6 * 4096 * cfg.vocab_size + 12 * 32 * 4096 * 8192
+    want = (linears + rest) / (linears / 1979e12 + rest / 989e12)
+    assert effective_peak(cfg, 8192, h100, "tensorwise") == pytest.approx(want, rel=1e-12)
 
 
 def test_one_process_memory_by_hand():
@@ -108,6 +114,44 @@ def test_one_process_memory_by_hand():
     assert mem.activations == 8 * 22_104 * tokens + 6 * 512 * tokens
     assert mem.logits == 20 * tokens * 32000  # float32 logits + four float32 temporaries in the loss backward
     assert mem.grads_overlap and mem.total == 12 * P + mem.gathered + mem.activations + mem.logits
+
+
+def test_distributed_memory_by_hand():
+    """small, s=1024, on pp=2 × dp_shard=2 × tp=2, Interleaved1F1B (4 model stages of 2 blocks: rank 0 holds
+    stages 0 and 2, rank 1 stages 1 and 3), 4 micro-batches of 2, selective checkpointing: every term by hand."""
+    cfg = load_config(ROOT / "recipes/small.toml", []).model
+    layout = PlanLayout(pp=2, dp_shard=2, tp=2, micro_batch=2, microbatches=4, pp_schedule="Interleaved1F1B")
+    layout = replace(layout, activation_checkpoint="selective")
+    block = 512 * 1024 + 512 * 512 + 3 * 512 * 1408 + 2 * 64  # qkv, o, gate_up, down and QK-Norm's weights
+    tp_block = block // 2 + 2 * 512  # a TP rank's half of those (QK-Norm's counted with them); its norms whole
+    embed = head = 32000 * 512 // 2  # vocabulary-parallel
+    tokens = 2 * 1024
+    # selective, bytes per token: block input 2·d, qkv 2·(q+2kv), attention out 2·q + logsumexp 4·H, gate_up 4·f,
+    # all split over tp; o_proj's and down_proj's partial sums 2 · 2·d are whole
+    selective = (2 * 512 + 2 * 1024 + 2 * 512 + 4 * 8 + 4 * 1408) / 2 + 2 * 2 * 512
+    # the block being recomputed holds everything: residuals 2·2·d, qkv, q/k after norm + RoPE 2·(q+kv), attention
+    # out, gate_up + SiLU + product 8·f, the norms' float32 statistics 4·(2 + 2·H + K), over tp; partial sums whole
+    recomputed = (2 * 2 * 512 + 2 * 1024 + 2 * (512 + 256) + 2 * 512 + 8 * 1408 + 4 * (2 + 16 + 4)) / 2 + 2 * 2 * 512
+    in_flight_first, in_flight_last = 2 * 1.25, 1 * 1.25  # 1F1B's min(m, p − r), × (1 + (p − 1)/2p) interleaved
+
+    first, last = (rank_memory(cfg, layout, 1024, r) for r in (0, 1))
+    shard0 = (4 * tp_block + embed) / 2  # over dp_shard
+    shard1 = (4 * tp_block + head + 512) / 2  # the final norm is whole
+    assert (first.weights, first.grads, first.optimizer) == (4 * shard0, 4 * shard0, 8 * shard0)
+    assert (last.weights, last.grads, last.optimizer) == (4 * shard1, 4 * shard1, 8 * shard1)
+    # FSDP2: two bf16 units gathered + one float32 unit (the largest: the embedding / the head with its norm), and
+    # the pipeline stage's root kept gathered in bf16 between micro-batches
+    assert first.gathered == (2 * 2 + 4) * embed + 2 * embed
+    assert last.gathered == (2 * 2 + 4) * (head + 512) + 2 * (head + 512)
+    assert first.activations == tokens * (4 * selective * in_flight_first + recomputed)
+    # the last stage also keeps the final norm's input (bf16 residual) and the head's input, per micro-batch in flight
+    assert last.activations == tokens * (4 * selective * in_flight_last + recomputed + in_flight_last * (512 + 1024))
+    assert first.logits == 0
+    # float32 + bf16 logits per micro-batch in flight, and the loss backward's four float32 temporaries once
+    assert last.logits == tokens * 32000 / 2 * (in_flight_last * 6 + 16)
+    assert not first.grads_overlap  # 4 micro-batches: the gradients are all there while the last one runs
+    assert first.total == 16 * shard0 + first.gathered + first.activations
+    assert memory_per_gpu(cfg, layout, 1024) == max(first, last, key=lambda m: m.total)
 
 
 def test_memory_moves_the_right_way():
@@ -136,6 +180,27 @@ def test_pipeline_ranks():
     zbv = replace(one_f, pp_schedule="ZBVZeroBubble")
     assert stages_of_rank(zbv, 0) == [0, 7] and stages_of_rank(zbv, 3) == [3, 4]  # rank 0: embedding and head
     assert stages_of_rank(replace(one_f, pp_schedule="Interleaved1F1B"), 1) == [1, 5]
+    # ZB-V keeps 1F1B's peak on every rank (min(m, p)), GPipe all m
+    assert [in_flight(zbv, r) for r in range(4)] == [4, 4, 4, 4]
+    assert in_flight(replace(zbv, microbatches=2), 0) == 2
+    assert in_flight(replace(one_f, pp_schedule="GPipe"), 3) == 8
+
+
+def test_search_keeps_only_layouts_the_trainer_runs_and_breaks_ties_by_memory():
+    cfg = load_config(ROOT / "recipes/8b.toml", []).model
+    req = PlanRequest(64, GPUS["h100"], 8192, 128, 0.4, 2e12)
+    layouts = list(candidates(cfg, req))  # micro-batches of 4 on 32 ranks leave m = 1 for pp = 2: not a candidate
+    assert any(x.pp == 2 and x.dp == 32 for x in layouts)
+    assert all(x.microbatches >= x.pp for x in layouts)  # a pipeline needs m ≥ pp micro-batches
+    plans = search(cfg, req)
+    assert {p.layout.tp for p in plans} == {1, 2, 4, 8} and max(p.layout.pp for p in plans) > 1
+    assert all(cfg.n_layers % p.layout.parallel_config().n_stages == 0 for p in plans)  # even stages
+    pairs = list(itertools.pairwise(plans))
+    for a, b in pairs:  # fastest first; equal speed: more memory to spare first
+        assert (round(a.tokens_per_s, 3), -a.memory.total) >= (round(b.tokens_per_s, 3), -b.memory.total)
+    assert any(a.tokens_per_s == b.tokens_per_s for a, b in pairs)  # ties do happen
+    fp8 = search(cfg, replace(req, fp8="tensorwise"))
+    assert {p.layout.tp for p in fp8} == {1}  # parallelize refuses FP8 with tensor parallelism
 
 
 def test_sequence_parallel_divides_all_but_the_gathered_linear_inputs():
