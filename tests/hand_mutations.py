@@ -106,6 +106,120 @@ MUTATIONS = [
 ]
 
 
+# Issue 11's planner (session 12): one-line changes to `kamado plan`'s formulas, each caught by test_plan.py.
+# Left out as equivalent: dropping `_meshes`' `cfg.n_layers % pp` check (`candidates` keeps only schedules whose
+# stage count divides the layers, so such a pp yields nothing either way).
+_PLAN, _MEMORY, _SEARCH = (f"src/kamado/parallel/{m}.py" for m in ("plan", "plan_memory", "plan_search"))
+PLANNER = [
+    (
+        "planner: FP8 and bf16 peaks swapped",
+        _PLAN,
+        "linears / gpu.fp8_flops + (total - linears) / gpu.bf16_flops",
+        "linears / gpu.bf16_flops + (total - linears) / gpu.fp8_flops",
+    ),
+    (
+        "planner: output head counted at the FP8 peak",
+        _PLAN,
+        "matmul_params(cfg) - cfg.d_model * cfg.vocab_size)",
+        "matmul_params(cfg))",
+    ),
+    ("planner: throughput ignores the pipeline bubble", _PLAN, "mfu * (1 - bubble) /", "mfu /"),
+    (
+        "planner: throughput ignores recomputation",
+        _PLAN,
+        "(flops_per_token(cfg, seq_len) * slowdown)",
+        "flops_per_token(cfg, seq_len)",
+    ),
+    ("planner: ZB-V bubble-free from m >= p", _PLAN, "m >= 2 * pp:", "m >= pp:"),
+    (
+        "planner: zero-bubble bubble not a third of 1F1B's",
+        _PLAN,
+        "(pp - 1) / (3 * v * m + pp - 1)",
+        "(pp - 1) / (v * m + pp - 1)",
+    ),
+    (
+        "planner: full recompute repeats the head too",
+        _PLAN,
+        "blocks = total - 6.0 * cfg.d_model * cfg.vocab_size",
+        "blocks = total",
+    ),
+    ("planner: ZB-V holds all m micro-batches", _MEMORY, "return float(min(m, p))", "return float(m)"),
+    ("planner: interleaving adds no in-flight activations", _MEMORY, "held *= 1 + (p - 1) / (p * 2)", "held *= 1"),
+    ("planner: pipeline stage root not kept gathered", _MEMORY, "gathered += BF16 * (embed + head)", "gathered += 0"),
+    ("planner: one FSDP2 unit gathered, not two", _MEMORY, "FSDP_GATHERED_UNITS = 2", "FSDP_GATHERED_UNITS = 1"),
+    (
+        "planner: no float32 gradient unit before the reduce-scatter",
+        _MEMORY,
+        "(FSDP_GATHERED_UNITS * BF16 + FP32) * unit",
+        "(FSDP_GATHERED_UNITS * BF16) * unit",
+    ),
+    (
+        "planner: recomputed block's activations left out",
+        _MEMORY,
+        'activations += layer_activation_bytes(cfg, tokens, "none", tp, residual)',
+        "activations += 0",
+    ),
+    ("planner: logits of one micro-batch only", _MEMORY, "(held * saved + LOGIT_BACKWARD)", "(saved + LOGIT_BACKWARD)"),
+    (
+        "planner: no bf16 logits in the distributed stage",
+        _MEMORY,
+        "saved = LOGIT_SAVED + (0 if single else BF16)",
+        "saved = LOGIT_SAVED",
+    ),
+    (
+        "planner: gradients overlap activations with accumulation",
+        _MEMORY,
+        "grads_overlap=layout.microbatches == 1",
+        "grads_overlap=True",
+    ),
+    (
+        "planner: head input left out",
+        _MEMORY,
+        "(residual * cfg.d_model / tp + BF16 * cfg.d_model)",
+        "(residual * cfg.d_model / tp)",
+    ),
+    (
+        "planner: last stage holds one micro-batch's head input",
+        _MEMORY,
+        "held = in_flight(layout, rank) if layout.pp > 1 else 1.0",
+        "held = 1.0",
+    ),
+    (
+        "planner: selective's o_proj/down_proj outputs split over tp",
+        _MEMORY,
+        "return tokens * (sharded / tp + 2 * BF16 * d)\n    sharded = 2",
+        "return tokens * (sharded / tp)\n    sharded = 2",
+    ),
+    (
+        "planner: embedding not vocab-parallel",
+        _MEMORY,
+        "embed = pc.embedding / tp if first else 0.0",
+        "embed = pc.embedding if first else 0.0",
+    ),
+    ("planner: best pipeline rank reported, not worst", _MEMORY, "key=lambda m: m.total)", "key=lambda m: -m.total)"),
+    (
+        "planner: fits in 100 % of the GPU's memory",
+        _SEARCH,
+        "fitting = [p for p in plans if p.memory.total <= req.usable]",
+        "fitting = [p for p in plans if p.memory.total <= req.gpu.memory]",
+    ),
+    (
+        "planner: ties go to more memory",
+        _SEARCH,
+        "(-round(p.tokens_per_s, 3), p.memory.total)",
+        "(-round(p.tokens_per_s, 3), -p.memory.total)",
+    ),
+    (
+        "planner: pipelines with fewer micro-batches than stages",
+        _SEARCH,
+        "if pp > 1 and m < pp:",
+        "if pp > 1 and m < 1:",
+    ),
+    ("planner: FP8 with tensor parallelism searched", _SEARCH, 'if tp > 1 and req.fp8 != "none":', "if False:"),
+]
+MUTATIONS += [(name, file, a, b, ["tests/parallel/test_plan.py"]) for name, file, a, b in PLANNER]
+
+
 def main(only: list[str]) -> int:
     missed = 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -130,7 +130,8 @@ def test_distributed_memory_by_hand():
     # all split over tp; o_proj's and down_proj's partial sums 2 · 2·d are whole
     selective = (2 * 512 + 2 * 1024 + 2 * 512 + 4 * 8 + 4 * 1408) / 2 + 2 * 2 * 512
     # the block being recomputed holds everything: residuals 2·2·d, qkv, q/k after norm + RoPE 2·(q+kv), attention
-    # out, gate_up + SiLU + product 8·f, the norms' float32 statistics 4·(2 + 2·H + K), over tp; partial sums whole
+    # out, gate_up + SiLU + product 8·f, float32 statistics 4·(2 + 2·H + K), over tp; the all-gathered inputs of
+    # qkv_proj and gate_up_proj 2 · 2·d whole
     recomputed = (2 * 2 * 512 + 2 * 1024 + 2 * (512 + 256) + 2 * 512 + 8 * 1408 + 4 * (2 + 16 + 4)) / 2 + 2 * 2 * 512
     in_flight_first, in_flight_last = 2 * 1.25, 1 * 1.25  # 1F1B's min(m, p − r), × (1 + (p − 1)/2p) interleaved
 
