@@ -2,7 +2,8 @@
 # Issue 11 on one CUDA GPU, one command (< 5 min): the distributed trainer (torchrun, FSDP2 on the one GPU,
 # per-block torch.compile) on the `1b` preset — tokens/s and MFU in bf16 and in FP8 (torchao float8, tensorwise
 # and rowwise) — and the loss of FSDP on the GPU against the plain one-process trainer there (float32).
-#   OUT=/tmp/out PYTHONPATH=src bash bench/gpu_parallel.sh      (ROWWISE=1, SWEEP=1: more runs, ~1 min each)
+#   OUT=/tmp/out PYTHONPATH=src bash bench/gpu_parallel.sh      (ROWWISE=1, SWEEP=1: more runs, ~1 min each;
+#   with SWEEP=1 the call takes about 7 minutes)
 # On the lent GPU machine torchao is carried as a wheel (.whl/a: 0.18.0, .whl/b: 0.17.0, for an older torch):
 #   pip download --no-deps -d .whl/a torchao==0.18.0; pip download --no-deps -d .whl/b torchao==0.17.0
 # (.whl/ is git-ignored here; pass carry=[".whl"] to the device tool).
@@ -66,8 +67,14 @@ for x, y in zip(a, b):
 PY
 [ -n "${ROWWISE:-}" ] && { echo "== 3. FP8 rowwise"; LIMIT=100 mfu fp8_rowwise --parallel.fp8=rowwise; }
 if [ -n "${SWEEP:-}" ]; then  # the levers not yet measured on a GPU (~1 min each): SWEEP=1 bash bench/gpu_parallel.sh
-  echo "== 4. levers: FP8 weights gathered by FSDP2 (scales precomputed after each step); 16 x 2048 tokens a step"
-  mfu fp8_all_gather --parallel.fp8=tensorwise --parallel.fp8_all_gather=true
-  mfu bf16_b16 --train.batch_size=16
-  mfu fp8_all_gather_b16 --parallel.fp8=tensorwise --parallel.fp8_all_gather=true --train.batch_size=16
+  # 16 x 2048 tokens a step needs ~105 GB by kamado plan's count (activations 40, logits + loss 47, state 18):
+  # an H200-class card only; on an 80 GB card the levers run at 8 x 2048
+  MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1); B=8
+  [ "${MEM:-0}" -gt 100000 ] && B=16
+  echo "== 4. levers at $B x 2048 tokens a step: FSDP2 keeping the gathered weights (one rank: resharding saves"
+  echo "   nothing); FP8 weights gathered by FSDP2 (scales precomputed after each step) — FP8/bf16 = last row / the one before"
+  [ $B = 16 ] && mfu bf16_b16 --train.batch_size=16
+  mfu bf16_b${B}_never --train.batch_size=$B --parallel.fsdp_reshard=never
+  mfu fp8_all_gather_b${B}_never --parallel.fp8=tensorwise --parallel.fp8_all_gather=true --train.batch_size=$B \
+    --parallel.fsdp_reshard=never
 fi

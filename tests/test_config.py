@@ -129,3 +129,19 @@ def test_every_corpus_preset_loads_and_validates():
         load_corpus_config(None, ["--dedup.threshold=nan"])
     with pytest.raises(ConfigError, match=r"^corpus\.kana_min_fraction = inf"):
         load_corpus_config(None, ["--kana_min_fraction=inf"])
+
+
+
+def test_the_gpu_scripts_overrides_are_valid_config():
+    """bench/gpu_parallel.sh runs only where a GPU is lent (minutes a session): every `--section.key=value` it
+    passes to `kamado train` must load on the 1b preset, so a misspelt key or value fails here, not there."""
+    import re
+
+    text = (RECIPES.parent / "bench" / "gpu_parallel.sh").read_text(encoding="utf-8").replace("\\\n", " ")
+    seen = []
+    for line in text.splitlines():  # each command's overrides together (some depend on each other)
+        overrides = re.findall(r"--([a-z_]+\.[a-z_0-9]+=[^\s\"'\\;]+)", line)
+        if overrides:
+            load_config(RECIPES / "1b.toml", [f"--{o}".replace("$B", "8") for o in overrides])  # $B: the batch
+            seen += overrides
+    assert len(seen) > 20 and "parallel.fsdp_reshard=never" in seen

@@ -16,6 +16,7 @@ from .conftest import assert_same_curve
 
 LAYOUTS = {
     "fsdp2": (2, []),
+    "fsdp2-never-reshard": (2, ["--parallel.fsdp_reshard=never"]),
     "dp2": (2, ["--parallel.dp_replicate=2"]),
     "hsdp2x2": (4, ["--parallel.dp_replicate=2", "--parallel.dp_shard=2"]),
     "tp2": (2, ["--parallel.tp=2"]),

@@ -1,9 +1,11 @@
-"""The pieces of `kamado.parallel` that need no process group: the grouped layout of the fused weights, the stage
-split, the config's checks, activation checkpointing and the FP8 conversion."""
+"""The pieces of `kamado.parallel` that need no torchrun job: the grouped layout of the fused weights, the stage
+split, the config's checks, activation checkpointing, the FP8 conversion and (on a one-rank gloo group in this
+process) FSDP2's reshard policy."""
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -173,3 +175,35 @@ def test_optimizer_group_runs_its_hook_once_every_optimizer_has_stepped():
         group.step()
     assert seen == [(0.5, 0.5), (0.0, 0.0)]
     OptimizerGroup([torch.optim.SGD([a], lr=0.5)]).step()  # no hook: fine
+
+
+@pytest.mark.parametrize(
+    ("mode", "pp", "want"),
+    [  # which units still hold gathered (unsharded) weights after the forward: blocks 0-3, then the stage root
+        ("default", 1, [False, False, False, True, False]),
+        ("default", 2, [False, False, False, True, True]),
+        ("always", 2, [False] * 5),
+        ("never", 1, [True] * 5),
+    ],
+)
+def test_fsdp_reshard_policy_decides_what_stays_gathered_after_the_forward(tmp_path, mode, pp, want):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from kamado.parallel.parallelize import apply_fsdp
+
+    ParallelConfig(fsdp_reshard=mode).validate()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        [stage] = split_stages(_model(), [4], [0])
+        layout = SimpleNamespace(dp_mesh=init_device_mesh("cpu", (1,)), pp=pp)
+        apply_fsdp(stage, layout, bf16=False, reshard=mode)  # type: ignore[arg-type]
+        stage(torch.randint(0, 64, (2, 8)))
+        units = [*(b.attn.qkv_proj for b in stage.layers.values()), stage]
+        weights = [u.weight if isinstance(u, nn.Linear) else u.lm_head.weight for u in units]
+        assert [not isinstance(w, DTensor) for w in weights] == want
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ConfigError, match=r"parallel\.fsdp_reshard"):
+        ParallelConfig(fsdp_reshard="sometimes").validate()

@@ -16,6 +16,7 @@ PP_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "InterleavedZeroBubble", "ZB
 MULTI_STAGE = ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")  # two stages per rank
 AC_MODES = ("none", "selective", "full")
 FP8_MODES = ("none", "tensorwise", "rowwise")
+RESHARD_MODES = ("default", "always", "never")
 
 
 @dataclass
@@ -34,6 +35,12 @@ class ParallelConfig:
     # FSDP2 all-gathers the tensorwise-FP8 weights (half the bytes of bf16); their scales are computed for all
     # blocks at once after each optimizer step and checkpoint load (torchao `precompute_float8_dynamic_scale_for_fsdp`)
     fp8_all_gather: bool = False
+    # FSDP2 frees each block's gathered weights after its forward and gathers them again for the backward:
+    # "default" = every block but the last (needed at once), and the stage root unless pipelined (torchtitan's
+    # policy); "always"; "never" (keep them: one gather per step, bf16 copies of the stage's weights held
+    # through the backward, which `kamado plan` does not model; with one data-parallel rank nothing is saved
+    # by resharding)
+    fsdp_reshard: str = "default"
     meta_init: bool = False  # build on the meta device and initialise shard by shard (models too big for one host)
     backend: str = "auto"  # torch.distributed backend: auto = nccl on CUDA, gloo on the CPU
 
@@ -46,6 +53,7 @@ class ParallelConfig:
         check_choice("parallel.pp_schedule", self.pp_schedule, PP_SCHEDULES)
         check_choice("parallel.activation_checkpoint", self.activation_checkpoint, AC_MODES)
         check_choice("parallel.fp8", self.fp8, FP8_MODES)
+        check_choice("parallel.fsdp_reshard", self.fsdp_reshard, RESHARD_MODES)
         check_choice("parallel.backend", self.backend, ("auto", "nccl", "gloo"))
         if self.fp8_all_gather and self.fp8 != "tensorwise":
             raise ConfigError(

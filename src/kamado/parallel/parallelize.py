@@ -88,16 +88,21 @@ def apply_ac(stage: ModelStage, mode: str) -> None:
             )
 
 
-def apply_fsdp(stage: ModelStage, layout: Layout, bf16: bool) -> None:
+def apply_fsdp(stage: ModelStage, layout: Layout, bf16: bool, reshard: str = "default") -> None:
     """FSDP2 over the data-parallel mesh (HSDP when it is 2-D): each block its own unit, then the stage.
-    bf16 compute with float32 gradient reduction when training in bf16."""
+    bf16 compute with float32 gradient reduction when training in bf16. `reshard`: `ParallelConfig.fsdp_reshard`."""
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
     mesh = layout.dp_mesh
     blocks = list(stage.layers.values())
     for i, block in enumerate(blocks):
-        # the last block's parameters are needed again at once by the backward pass: keep them gathered
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(blocks) - 1)
-    fully_shard(stage, mesh=mesh, mp_policy=mp, reshard_after_forward=layout.pp == 1)
+        # by default the last block's parameters stay gathered: the backward pass needs them again at once
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=_reshard(reshard, i < len(blocks) - 1))
+    # a pipeline stage's root (embedding, head) is used by every micro-batch: kept gathered by default
+    fully_shard(stage, mesh=mesh, mp_policy=mp, reshard_after_forward=_reshard(reshard, layout.pp == 1))
+
+
+def _reshard(mode: str, default: bool) -> bool:
+    return {"always": True, "never": False}.get(mode, default)
 
 
 def build_stages(cfg: RunConfig, layout: Layout) -> list[ModelStage]:
@@ -125,7 +130,7 @@ def build_stages(cfg: RunConfig, layout: Layout) -> list[ModelStage]:
         if p.compile:
             for block in stage.layers.values():
                 block.compile()
-        apply_fsdp(stage, layout, cfg.train.dtype == "bf16")
+        apply_fsdp(stage, layout, cfg.train.dtype == "bf16", p.fsdp_reshard)
         if p.meta_init:
             stage.to_empty(device=layout.device)
             Transformer.init_weights(stage)  # type: ignore[arg-type]  # same names, cfg and rope buffers
