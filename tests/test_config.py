@@ -131,7 +131,6 @@ def test_every_corpus_preset_loads_and_validates():
         load_corpus_config(None, ["--kana_min_fraction=inf"])
 
 
-
 def test_the_gpu_scripts_overrides_are_valid_config():
     """bench/gpu_parallel.sh runs only where a GPU is lent (minutes a session): every `--section.key=value` it
     passes to `kamado train` must load on the 1b preset, so a misspelt key or value fails here, not there."""
