@@ -1,4 +1,5 @@
-"""Issue 16's one-line mutations, each applied by hand to a fresh clone without ../shared, and the tests that catch it.
+"""One-line mutations (issue 16's, and issue 11's planner), each applied by hand to a fresh clone without
+../shared, and the tests that catch it.
 
     python tests/hand_mutations.py [NAME-SUBSTRING ...]     (`make hand-mutations`)
 
