@@ -120,8 +120,15 @@ def test_distributed_memory_by_hand():
     """small, s=1024, on pp=2 × dp_shard=2 × tp=2, Interleaved1F1B (4 model stages of 2 blocks: rank 0 holds
     stages 0 and 2, rank 1 stages 1 and 3), 4 micro-batches of 2, selective checkpointing: every term by hand."""
     cfg = load_config(ROOT / "recipes/small.toml", []).model
-    layout = PlanLayout(pp=2, dp_shard=2, tp=2, micro_batch=2, microbatches=4, pp_schedule="Interleaved1F1B")
-    layout = replace(layout, activation_checkpoint="selective")
+    layout = PlanLayout(
+        pp=2,
+        dp_shard=2,
+        tp=2,
+        micro_batch=2,
+        microbatches=4,
+        pp_schedule="Interleaved1F1B",
+        activation_checkpoint="selective",
+    )
     block = 512 * 1024 + 512 * 512 + 3 * 512 * 1408 + 2 * 64  # qkv, o, gate_up, down and QK-Norm's weights
     tp_block = block // 2 + 2 * 512  # a TP rank's half of those (QK-Norm's counted with them); its norms whole
     embed = head = 32000 * 512 // 2  # vocabulary-parallel
