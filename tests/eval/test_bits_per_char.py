@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kamado.config import ModelConfig
-from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
+from kamado.eval.bits_per_char import XzBaseline, model_bits_per_char, xz_conditional_bits_per_char
 from kamado.model.transformer import Transformer
 
 
@@ -55,6 +55,12 @@ def test_xz_conditional_rate_matches_its_definition():
     assert xz_conditional_bits_per_char(train, held) == expected
     # having seen the text before makes it cheap; unseen text costs more
     assert xz_conditional_bits_per_char(["猫猫猫の話" * 3], held) < xz_conditional_bits_per_char(["全然違う"], held)
+    # one baseline for several held-out sets (xz(train) compressed once): each as if scored on its own
+    baseline, other = XzBaseline(train), ["全然違う話"]
+    assert [baseline.bits_per_char(held), baseline.bits_per_char(other)] == [
+        expected,
+        xz_conditional_bits_per_char(train, other),
+    ]
 
 
 class LetterTok:

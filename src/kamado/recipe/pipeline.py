@@ -26,7 +26,7 @@ from kamado.config import RunConfig, SourceConfig
 from kamado.data.jsonl import iter_jsonl_texts
 from kamado.data.tokenize import tokenize_files
 from kamado.errors import ConfigError, DataError
-from kamado.eval.bits_per_char import model_bits_per_char, xz_conditional_bits_per_char
+from kamado.eval.bits_per_char import XzBaseline, model_bits_per_char
 from kamado.eval.pfgen.stage import pfgen_stage
 from kamado.faults import failpoint
 from kamado.recipe import distributed
@@ -185,13 +185,13 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
 
     # 4. held-out bits per character vs xz ------------------------------------------------------------------
     def compression() -> dict[str, dict[str, float]]:
-        train_docs = [d for f in all_files for d in iter_jsonl_texts([f])]
+        xz = XzBaseline([d for f in all_files for d in iter_jsonl_texts([f])])
         res = {}
         for key, path in heldout.items():
             docs = list(iter_jsonl_texts([path]))
             res[f"{key} ({path.name})"] = {
                 "model": model_bits_per_char(model, tok, docs, context=cfg.data.seq_len),
-                "xz": xz_conditional_bits_per_char(train_docs, docs),
+                "xz": xz.bits_per_char(docs),
             }
             failpoint("recipe.during_bits_per_char")
         return res
