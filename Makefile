@@ -20,7 +20,7 @@ test: install
 	$(BIN)/ruff check src tests bench samples
 	$(BIN)/ruff format --check src tests bench samples
 	$(BIN)/mypy
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=25
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

@@ -1,8 +1,50 @@
 """Shared by the whole suite: the overrides that shrink the tiny recipe to a seconds-long end-to-end run."""
 
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`) every worker and the processes its tests start use one torch
+    thread: on 2 cores, two workers with two threads each ran a micro `kamado run` 2.5x slower than one thread each
+    (LOG.md, session 13)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+# The fault-injection suite's tally (tests/faults): what its tests survived, by category. Under xdist each worker
+# hands its tally to the controller, which prints the sum.
+_FAULTS: Counter[str] = Counter()
+
+
+@pytest.fixture
+def fault_counts() -> Counter[str]:
+    """Add to it: `fault_counts["kills survived"] += 1`."""
+    return _FAULTS
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fault_counts"] = dict(_FAULTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # pytest-xdist's controller: a worker finished
+    _FAULTS.update(getattr(node, "workeroutput", {}).get("fault_counts", {}))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if _FAULTS:
+        terminalreporter.section("fault-injection suite")
+        terminalreporter.write_line("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(_FAULTS.items())))
+
 
 MICRO_DATA = Path(__file__).parent / "recipe" / "posttrain_micro"
 BENCHMARKS = (Path(__file__).parents[1] / "../shared/data/benchmarks").resolve()  # the raw benchmark files (CI)

@@ -1,7 +1,7 @@
 """The fault-injection suite: real processes, faults injected on purpose, fixed seeds so a failure reproduces.
 
-Each test adds what it survived to `fault_counts` (a category -> count tally); the totals are printed at the end of
-the pytest run, e.g. `faults: kills survived 12, corruptions detected 30, bad values rejected 180, ...`.
+Each test adds what it survived to `fault_counts` (a category -> count tally, tests/conftest.py); the totals are
+printed at the end of the pytest run, e.g. `faults: kills survived 12, corruptions detected 30, ...`.
 """
 
 from __future__ import annotations
@@ -11,26 +11,10 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_COUNTS: Counter[str] = Counter()
-
-
-@pytest.fixture
-def fault_counts() -> Counter[str]:
-    """Add to it: `fault_counts["kills survived"] += 1`."""
-    return _COUNTS
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if _COUNTS:
-        terminalreporter.section("fault-injection suite")
-        terminalreporter.write_line("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(_COUNTS.items())))
-
 
 # --------------------------------------------------------------------------------------------------------------
 # A micro `kamado run`: the tiny recipe shrunk to ~10 s (every stage up to the evaluation ones: web corpus, tokenizer,

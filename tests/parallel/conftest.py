@@ -78,7 +78,9 @@ class Runs:
 
     def train(self, out: Path, *overrides: str, nproc: int = 0, env: dict[str, str] | None = None, check=True):
         """`kamado train` (nproc 0: one plain process; else under torchrun with nproc ranks)."""
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)] if nproc else []
+        # --standalone: the rendezvous on a free port (xdist runs several jobs at once; the default port 29500 clashes)
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+        launcher = torchrun if nproc else []
         cmd = [*launcher, *([] if nproc else [sys.executable]), "-m", "kamado.cli", "train", str(self.config)]
         cmd += [f"--out_dir={out}", "--no-progress", *overrides]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env or self.env(), timeout=600)

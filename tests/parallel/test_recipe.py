@@ -17,7 +17,9 @@ MICRO = ["--train.steps=12", "--train.eval_every=6", '--jaster.data=""', "--judg
 
 
 def _run(out: Path, shrink: list[str], nproc: int) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)] if nproc else []
+    # --standalone: the rendezvous on a free port (xdist runs several jobs at once; the default port 29500 clashes)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    launcher = torchrun if nproc else []
     cmd = [*launcher, *([] if nproc else [sys.executable]), "-m", "kamado.cli", "run", "recipes/tiny.toml"]
     cmd += [f"--out_dir={out}", *shrink, *MICRO]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
