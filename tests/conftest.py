@@ -9,7 +9,7 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (`make test` runs `-n auto`) every worker and the processes its tests start use one torch
-    thread: on 2 cores, two workers with two threads each ran a micro `kamado run` 2.5x slower than one thread each
+    thread: on 2 cores, two micro `kamado run`s at once took 48.1 s with two threads each and 22.0 s with one
     (LOG.md, session 13)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"

@@ -62,6 +62,15 @@ def _write_source(path: Path, n_docs: int, seed: int) -> None:
             w.add_document((start + np.arange(length)) % 127 + 1)
 
 
+def launcher(nproc: int) -> list[str]:
+    """The command before `-m kamado.cli ...`: torchrun with `nproc` ranks, or (nproc 0) the plain interpreter.
+    --standalone puts the rendezvous on a free port: xdist runs several jobs at once, and torchrun's default port
+    29500 would clash."""
+    if not nproc:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+
+
 @dataclass
 class Runs:
     root: Path
@@ -78,10 +87,7 @@ class Runs:
 
     def train(self, out: Path, *overrides: str, nproc: int = 0, env: dict[str, str] | None = None, check=True):
         """`kamado train` (nproc 0: one plain process; else under torchrun with nproc ranks)."""
-        # --standalone: the rendezvous on a free port (xdist runs several jobs at once; the default port 29500 clashes)
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-        launcher = torchrun if nproc else []
-        cmd = [*launcher, *([] if nproc else [sys.executable]), "-m", "kamado.cli", "train", str(self.config)]
+        cmd = [*launcher(nproc), "-m", "kamado.cli", "train", str(self.config)]
         cmd += [f"--out_dir={out}", "--no-progress", *overrides]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env or self.env(), timeout=600)
         if check:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import launcher
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,10 +18,7 @@ MICRO = ["--train.steps=12", "--train.eval_every=6", '--jaster.data=""', "--judg
 
 
 def _run(out: Path, shrink: list[str], nproc: int) -> subprocess.CompletedProcess:
-    # --standalone: the rendezvous on a free port (xdist runs several jobs at once; the default port 29500 clashes)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    launcher = torchrun if nproc else []
-    cmd = [*launcher, *([] if nproc else [sys.executable]), "-m", "kamado.cli", "run", "recipes/tiny.toml"]
+    cmd = [*launcher(nproc), "-m", "kamado.cli", "run", "recipes/tiny.toml"]
     cmd += [f"--out_dir={out}", *shrink, *MICRO]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import lzma
 import math
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 
@@ -33,13 +34,14 @@ class XzBaseline:
 
     def __init__(self, train_docs: Sequence[str]):
         self.train = "\n".join(train_docs).encode("utf-8")
-        self._train_size: int | None = None
+
+    @cached_property
+    def train_size(self) -> int:
+        return xz_size(self.train)
 
     def bits_per_char(self, heldout_docs: Sequence[str]) -> float:
-        if self._train_size is None:
-            self._train_size = xz_size(self.train)
         heldout = "\n".join(heldout_docs)
-        extra = xz_size(self.train + b"\n" + heldout.encode("utf-8")) - self._train_size
+        extra = xz_size(self.train + b"\n" + heldout.encode("utf-8")) - self.train_size
         return 8.0 * extra / (len(heldout) + 1)
 
 
