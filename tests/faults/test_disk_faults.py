@@ -66,13 +66,14 @@ _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+) +\| (\S
 def kamados_own_output(stderr: str) -> str:
     """stderr without what datatrove's workers log: their loguru records (a failed task's traceback; a worker
     forked from `kamado` shows the frames it inherited, kamado/cli.py among them) and the blocks loguru prints
-    when its own log file cannot be written (a full disk)."""
-    kept, skipping, logging_error = [], False, False
+    when its own log file cannot be written (a full disk). Several workers write to stderr at once, so two such
+    blocks can interleave (header, header, ..., end, end): they are counted, not toggled."""
+    kept, skipping, open_blocks = [], False, 0
     for line in stderr.splitlines():
-        if line.startswith("--- Logging error in Loguru Handler"):
-            logging_error = True
-        if logging_error:
-            logging_error = not line.startswith("--- End of logging error")
+        if "--- Logging error in Loguru Handler" in line:
+            open_blocks += 1
+        if open_blocks:
+            open_blocks -= "--- End of logging error" in line
             continue
         header = _LOG_RECORD.match(line)
         if header:  # an ERROR record's traceback follows it; other records are one line
@@ -95,6 +96,10 @@ def test_only_datatroves_worker_logs_are_set_aside():
         "--- Logging error in Loguru Handler #2 ---\nTraceback (most recent call last):\n--- End of logging error ---\n"
     )
     assert kamados_own_output(worker + "kamado: error: full") == "kamado: error: full"
+    block = "--- Logging error in Loguru Handler #{0} ---\nRecord was: {{}}\n"
+    interleaved = block.format(1) + block.format(2) + "Traceback (most recent call last):\nOSError: full\n"
+    interleaved += "--- End of logging error ---\nTraceback (most recent call last):\n--- End of logging error ---\n"
+    assert kamados_own_output(interleaved + "kamado: error: full") == "kamado: error: full"  # two workers at once
     bare = 'Traceback (most recent call last):\n  File "/x/src/kamado/cli.py", line 268, in <module>\nOSError: full'
     assert kamados_own_output(worker.split("\n", 1)[0] + "\n" + bare) == bare  # after a one-line record: kept
     assert kamados_own_output("kamado: warning: x\n" + bare) == "kamado: warning: x\n" + bare
