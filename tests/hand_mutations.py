@@ -217,6 +217,31 @@ PLANNER = [
         "if pp > 1 and m < 1:",
     ),
     ("planner: FP8 with tensor parallelism searched", _SEARCH, 'if tp > 1 and req.fp8 != "none":', "if False:"),
+    (
+        "planner: reshard=never keeps only the blocks",
+        _MEMORY,
+        "gathered = BF16 * params + FP32 * unit",
+        "gathered = BF16 * (params - embed - head) + FP32 * unit",
+    ),
+    (
+        "planner: reshard=never without the gradient unit",
+        _MEMORY,
+        "gathered = BF16 * params + FP32 * unit",
+        "gathered = BF16 * params",
+    ),
+    (
+        "planner: reshard=always keeps the stage root",
+        _MEMORY,
+        'layout.pp > 1 and layout.fsdp_reshard == "default"',
+        "layout.pp > 1",
+    ),
+    (
+        "planner: reshard=never also keeps the stage root twice",
+        _MEMORY,
+        'layout.pp > 1 and layout.fsdp_reshard == "default"',
+        'layout.pp > 1 and layout.fsdp_reshard != "always"',
+    ),
+    ("planner: the search ignores the reshard policy", _SEARCH, "schedule, ac, req.fsdp_reshard)", "schedule, ac)"),
 ]
 MUTATIONS += [(name, file, a, b, ["tests/parallel/test_plan.py"]) for name, file, a, b in PLANNER]
 

@@ -162,6 +162,32 @@ def test_distributed_memory_by_hand():
     assert memory_per_gpu(cfg, layout, 1024) == max(first, last, key=lambda m: m.total)
 
 
+def test_fsdp_reshard_policies_by_hand():
+    """The same layout as above under each `parallel.fsdp_reshard`: only the gathered bf16 copies change."""
+    cfg = load_config(ROOT / "recipes/small.toml", []).model
+    base = PlanLayout(pp=2, dp_shard=2, tp=2, micro_batch=2, microbatches=4, pp_schedule="Interleaved1F1B")
+    tp_block = (512 * 1024 + 512 * 512 + 3 * 512 * 1408 + 2 * 64) // 2 + 2 * 512
+    embed = head = 32000 * 512 // 2
+    mem = {
+        mode: [rank_memory(cfg, replace(base, fsdp_reshard=mode), 1024, r) for r in (0, 1)]
+        for mode in ("default", "always", "never")
+    }
+    # always: the stage root is freed between micro-batches too; two bf16 units + one float32 unit remain
+    assert [m.gathered for m in mem["always"]] == [(2 * 2 + 4) * embed, (2 * 2 + 4) * (head + 512)]
+    # never: the bf16 copy of everything the rank holds (4 blocks and its embedding or head), + the float32 unit
+    assert [m.gathered for m in mem["never"]] == [
+        2 * (4 * tp_block + embed) + 4 * embed,
+        2 * (4 * tp_block + head + 512) + 4 * (head + 512),
+    ]
+    for mode in ("always", "never"):
+        for a, b in zip(mem[mode], mem["default"], strict=True):
+            assert replace(a, gathered=b.gathered) == b
+    assert replace(base, fsdp_reshard="never").describe().endswith("AC=none reshard=never")
+    assert "reshard" not in base.describe() and "reshard" not in PlanLayout(fsdp_reshard="never").describe()
+    with pytest.raises(ConfigError, match="FSDP reshard policy 'sometimes'"):
+        replace(base, fsdp_reshard="sometimes").check()
+
+
 def test_memory_moves_the_right_way():
     cfg = load_config(ROOT / "recipes/8b.toml", []).model
 
@@ -260,6 +286,17 @@ def test_cli_json_layout_and_overrides(capsys):
     assert data["parameters"]["n_layers"] == 40
     assert len(data["plans"]) == 3
     assert {(p["layout"]["pp"], p["layout"]["dp_shard"], p["layout"]["tp"]) for p in data["plans"]} == {(2, 8, 4)}
+
+
+def test_cli_takes_the_reshard_policy_from_the_config(capsys):
+    args = ["plan", "recipes/8b.toml", "--gpus", "64", "--layout", "1,1,-1,8", "--json", "--top", "1"]
+    plans = {}
+    for mode in ("default", "never"):
+        assert main([*args, "--micro-batch", "1", f"--parallel.fsdp_reshard={mode}"]) == 0
+        plans[mode] = json.loads(capsys.readouterr().out)["plans"][0]
+    assert plans["never"]["layout"]["fsdp_reshard"] == "never"
+    # 8 blocks a TP rank, each kept gathered in bf16: far more than FSDP2's two units
+    assert plans["never"]["memory_bytes"]["gathered"] > 3 * plans["default"]["memory_bytes"]["gathered"]
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,8 @@ class ParallelConfig:
     # FSDP2 frees each block's gathered weights after its forward and gathers them again for the backward:
     # "default" = every block but the last (needed at once), and the stage root unless pipelined (torchtitan's
     # policy); "always"; "never" (keep them: one gather per step, bf16 copies of the stage's weights held
-    # through the backward, which `kamado plan` does not model; with one data-parallel rank nothing is saved
-    # by resharding)
+    # through the backward, as `kamado plan` counts them; with one data-parallel rank nothing is saved by
+    # resharding)
     fsdp_reshard: str = "default"
     meta_init: bool = False  # build on the meta device and initialise shard by shard (models too big for one host)
     backend: str = "auto"  # torch.distributed backend: auto = nccl on CUDA, gloo on the CPU

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from kamado.config import ModelConfig
 from kamado.errors import ConfigError
-from kamado.parallel.config import AC_MODES, MULTI_STAGE, PP_SCHEDULES, ParallelConfig
+from kamado.parallel.config import AC_MODES, MULTI_STAGE, PP_SCHEDULES, RESHARD_MODES, ParallelConfig
 from kamado.train.speed import flops_per_token, matmul_params
 
 GB = 1e9  # memory is in decimal gigabytes, as GPU datasheets state it
@@ -101,7 +101,8 @@ class PlanLayout:
 
     `microbatches` (m) is the number of micro-batches per optimizer step on each data-parallel rank: the pipeline's
     micro-batches when pp > 1, gradient-accumulation steps when pp = 1. The one-process case (all degrees 1) is the
-    plain trainer of `kamado.train`, not FSDP2 (see `plan_memory`)."""
+    plain trainer of `kamado.train`, not FSDP2 (see `plan_memory`). `fsdp_reshard` is `ParallelConfig.fsdp_reshard`
+    (it changes the memory of the distributed path only)."""
 
     pp: int = 1
     dp_replicate: int = 1
@@ -111,6 +112,7 @@ class PlanLayout:
     microbatches: int = 1
     pp_schedule: str = "1F1B"
     activation_checkpoint: str = "none"
+    fsdp_reshard: str = "default"
 
     @property
     def n_gpus(self) -> int:
@@ -133,13 +135,15 @@ class PlanLayout:
             pp_schedule=self.pp_schedule,
             pp_microbatches=self.microbatches,
             activation_checkpoint=self.activation_checkpoint,
+            fsdp_reshard=self.fsdp_reshard,
         )
 
     def describe(self) -> str:
         pipe = f" {self.pp_schedule} m={self.microbatches}" if self.pp > 1 else ""
+        reshard = "" if self.fsdp_reshard == "default" or self.single_process else f" reshard={self.fsdp_reshard}"
         return (
             f"pp={self.pp} dp_replicate={self.dp_replicate} dp_shard={self.dp_shard} tp={self.tp} "
-            f"micro-batch={self.micro_batch}{pipe} AC={self.activation_checkpoint}"
+            f"micro-batch={self.micro_batch}{pipe} AC={self.activation_checkpoint}{reshard}"
         )
 
     def check(self) -> None:
@@ -150,6 +154,8 @@ class PlanLayout:
             raise ConfigError(f"pipeline schedule {self.pp_schedule!r}: choose one of {', '.join(PP_SCHEDULES)}")
         if self.activation_checkpoint not in AC_MODES:
             raise ConfigError(f"activation checkpointing {self.activation_checkpoint!r}: one of {', '.join(AC_MODES)}")
+        if self.fsdp_reshard not in RESHARD_MODES:
+            raise ConfigError(f"FSDP reshard policy {self.fsdp_reshard!r}: one of {', '.join(RESHARD_MODES)}")
 
 
 def bubble_fraction(schedule: str, pp: int, m: int) -> float:

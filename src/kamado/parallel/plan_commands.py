@@ -18,6 +18,7 @@ examples:
   kamado plan recipes/100b.toml --gpus 512 --gpu h200 --mfu 0.35 --tokens 1e12 --top 5
   kamado plan recipes/100b.toml --gpus 1024 --layout 8,1,-1,8 --micro-batch 1   # a given mesh
   kamado plan recipes/8b.toml --gpus 64 --json --model.n_layers=40               # with a dotted override
+  kamado plan recipes/1b.toml --gpus 8 --parallel.fsdp_reshard=never --parallel.fp8=tensorwise
 
 GPUs (dense datasheet figures): {", ".join(GPUS)}.
 Estimates, not measurements: memory per GPU from the parameter shards, AdamW state, FSDP2's gathered blocks,
@@ -68,6 +69,7 @@ def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
         mfu=args.mfu,
         tokens=args.tokens,
         fp8=cfg.parallel.fp8,
+        fsdp_reshard=cfg.parallel.fsdp_reshard,
         gpus_per_node=args.gpus_per_node,
         micro_batches=(args.micro_batch,) if args.micro_batch is not None else MICRO_BATCHES,
         mesh=mesh,

@@ -13,6 +13,9 @@ Two training paths, modelled as they are written:
   and the worst rank is reported. Compute runs on bf16 copies: FSDP2 keeps about two units (blocks) gathered
   (one computing, one prefetched) plus one unit's float32 gradient on its way to the reduce-scatter; with pp > 1
   the stage's own embedding/head stays gathered between micro-batches. Activations and residual stream are bf16.
+  That is the `default` reshard policy (`ParallelConfig.fsdp_reshard`); `always` also frees the pipeline stage's
+  root between micro-batches; `never` keeps every unit gathered from its forward until its backward has run, so at
+  the peak (the first backward unit) the bf16 copy of the rank's whole stage is held, plus the float32 gradient unit.
 
 Activations saved per block and token (Korthikanti et al. 2022, §4, redone for this block; bytes, b·s tokens):
 RMSNorm inputs 2·r·d (r: residual bytes) and their bf16 outputs that feed qkv_proj / gate_up_proj 2·2d; the qkv
@@ -113,8 +116,11 @@ def rank_memory(cfg: ModelConfig, layout: PlanLayout, seq_len: int, rank: int) -
         gathered = BF16 * (layers * block_matrices + pc.lm_head)
     else:
         unit = max(block_matrices / tp if layers else 0.0, embed, head)
-        gathered = (FSDP_GATHERED_UNITS * BF16 + FP32) * unit
-        if layout.pp > 1:  # the stage root (embedding / final norm + head) is not resharded between micro-batches
+        if layout.fsdp_reshard == "never":  # nothing freed after the forward: the whole stage in bf16
+            gathered = BF16 * params + FP32 * unit
+        else:
+            gathered = (FSDP_GATHERED_UNITS * BF16 + FP32) * unit
+        if layout.pp > 1 and layout.fsdp_reshard == "default":  # the stage root stays gathered between micro-batches
             gathered += BF16 * (embed + head)
     residual = FP32 if single else BF16
     tokens = layout.micro_batch * seq_len

@@ -42,6 +42,7 @@ class PlanRequest:
     mfu: float
     tokens: float
     fp8: str = "none"
+    fsdp_reshard: str = "default"  # ParallelConfig.fsdp_reshard of every candidate
     gpus_per_node: int = 8
     micro_batches: tuple[int, ...] = MICRO_BATCHES
     mesh: tuple[int, int, int, int] | None = None  # (pp, dp_replicate, dp_shard, tp) to keep, else search all
@@ -152,7 +153,7 @@ def candidates(cfg: ModelConfig, req: PlanRequest) -> Iterator[PlanLayout]:
             for schedule in schedules if pp > 1 else ["1F1B"]:
                 # the one-process trainer (kamado.train) has no activation checkpointing
                 for ac in AC_MODES if pp * dp * tp > 1 else ("none",):
-                    yield PlanLayout(pp, dr, ds, tp, b, m, schedule, ac)
+                    yield PlanLayout(pp, dr, ds, tp, b, m, schedule, ac, req.fsdp_reshard)
 
 
 def search(cfg: ModelConfig, req: PlanRequest) -> list[Plan]:
