@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -95,8 +96,27 @@ def micro(shrink_args: list[str]) -> Micro:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory, micro: Micro) -> tuple[Path, dict[str, Any], float]:
-    """One uninterrupted micro run: its folder (copy it, never change it), its outcome and its wall time."""
-    out = tmp_path_factory.mktemp("reference") / "run"
+    """One uninterrupted micro run: its folder (copy it, never change it), its outcome and its wall time.
+
+    Under xdist the workers share it: the first to ask builds it in their common temporary folder, under a file
+    lock, and the others wait for it (a worker building its own copy beside the other's would slow both)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # not under xdist
+        out = tmp_path_factory.mktemp("reference") / "run"
+        seconds = _build_reference(micro, out)
+        return out, micro.outcome(out), seconds
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "reference"
+    done = shared / "seconds.json"
+    with FileLock(str(shared) + ".lock"):
+        if not done.is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # a build that failed in another worker: start afresh
+            shared.mkdir()
+            done.write_text(json.dumps(_build_reference(micro, shared / "run")))
+    return shared / "run", micro.outcome(shared / "run"), json.loads(done.read_text())
+
+
+def _build_reference(micro: Micro, out: Path) -> float:
     t0 = time.perf_counter()
     micro.ok(out)
-    return out, micro.outcome(out), time.perf_counter() - t0
+    return time.perf_counter() - t0
