@@ -295,6 +295,9 @@ def test_cli_takes_the_reshard_policy_from_the_config(capsys):
         assert main([*args, "--micro-batch", "1", f"--parallel.fsdp_reshard={mode}"]) == 0
         plans[mode] = json.loads(capsys.readouterr().out)["plans"][0]
     assert plans["never"]["layout"]["fsdp_reshard"] == "never"
+    assert main([a for a in args if a != "--json"] + ["--parallel.fsdp_reshard=never"]) == 0  # the text report
+    text = capsys.readouterr().out
+    assert "AC=none reshard=never" in text and "keeps every unit gathered until its backward" in text
     # 8 blocks a TP rank, each kept gathered in bf16: far more than FSDP2's two units
     assert plans["never"]["memory_bytes"]["gathered"] > 3 * plans["default"]["memory_bytes"]["gathered"]
 

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from kamado.config import ModelConfig
-from kamado.parallel.plan import GB, param_counts
+from kamado.parallel.plan import GB, PlanLayout, param_counts
 from kamado.parallel.plan_search import Plan, PlanRequest
 from kamado.train.speed import flops_per_token
 
@@ -29,7 +29,7 @@ def memory_lines(plan: Plan, req: PlanRequest) -> list[str]:
         ("weights (fp32)", m.weights, ""),
         ("gradients (fp32)", m.grads, overlap),
         ("AdamW moments (fp32)", m.optimizer, ""),
-        ("bf16 weights in use", m.gathered, "  (autocast's copies)" if single else "  (FSDP2's gathered blocks)"),
+        ("bf16 weights in use", m.gathered, "  (autocast's copies)" if single else f"  ({_gathered(plan.layout)})"),
         ("activations", m.activations, ""),
         ("logits + loss", m.logits, ""),
     ]
@@ -39,6 +39,12 @@ def memory_lines(plan: Plan, req: PlanRequest) -> list[str]:
         f"({req.headroom:.0%} of {req.gpu.memory / GB:.0f} GB)"
     )
     return lines
+
+
+def _gathered(layout: PlanLayout) -> str:
+    if layout.fsdp_reshard == "never":
+        return "FSDP2 keeps every unit gathered until its backward: reshard=never"
+    return "FSDP2's gathered blocks"
 
 
 def text_report(name: str, cfg: ModelConfig, req: PlanRequest, plans: list[Plan], top: int) -> str:
