@@ -413,3 +413,27 @@ def test_packed_loss_equals_the_token_weighted_loss_of_each_sequence_alone():
         packed = m(x, y, segments=seg).ce
         la, lb = m(a, ya).ce, m(b, yb).ce
     assert float(packed) == pytest.approx((4 * float(la) + 9 * float(lb)) / 13, rel=1e-5)
+
+
+@pytest.mark.parametrize("device_path", ["chunked", "logits"])
+def test_training_loss_paths_equal_lm_loss_on_the_logits(monkeypatch, device_path):
+    """`forward(idx, targets)` takes the chunked loss on a CPU and logits + `lm_loss` on a GPU; the GPU's path is
+    run here by listing the CPU among its devices. Both must be `lm_loss` of the logits, coefficient included."""
+    if device_path == "logits":
+        monkeypatch.setattr("kamado.model.transformer.LOGITS_LOSS_DEVICES", {"cpu"})
+    torch.manual_seed(0)
+    model = make()
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 12))
+    targets = torch.randint(0, model.cfg.vocab_size, (2, 12))
+    targets[0, :3] = IGNORE_INDEX
+    with torch.no_grad():
+        want = lm_loss(model(idx), targets, 0.05)
+    out = model(idx, targets, z_loss_coef=0.05)
+    for name in ("loss", "ce", "z_loss", "log_z"):
+        assert float(getattr(out, name).detach()) == pytest.approx(float(getattr(want, name)), rel=1e-5), name
+    assert out.num_tokens == 21
+    out.loss.backward()
+    head_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    lm_loss(model(idx), targets, 0.05).loss.backward()
+    torch.testing.assert_close(head_grad, model.lm_head.weight.grad, rtol=1e-4, atol=1e-6)

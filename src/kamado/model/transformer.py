@@ -27,6 +27,9 @@ from torch import nn
 from kamado.config import ModelConfig
 from kamado.model.loss import LossOutput, linear_lm_loss, lm_loss
 
+# devices whose training loss is logits + `lm_loss` (compiled into the step's graph) rather than the chunked loop
+LOGITS_LOSS_DEVICES = {"cuda"}
+
 
 class LayerCache(Protocol):
     """What attention needs from a KV cache (see `kamado.model.generate.KVCache`)."""
@@ -254,7 +257,7 @@ class Transformer(nn.Module):
         h = self.hidden_states(idx, cache, pos, segments)
         if targets is None:
             return self.lm_head(h)
-        if h.device.type == "cuda":
+        if h.device.type in LOGITS_LOSS_DEVICES:
             return lm_loss(self.lm_head(h), targets, z_loss_coef)
         return linear_lm_loss(h, self.lm_head.weight, targets, z_loss_coef)
 
