@@ -140,7 +140,6 @@ class _LinearLMLoss(torch.autograd.Function):
         return grad_h.mul_(grad_loss), grad_w.mul_(grad_loss), None, None, None, None, None
 
 
-@torch.compiler.disable
 def linear_lm_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -151,7 +150,17 @@ def linear_lm_loss(
     """`lm_loss(hidden @ weight.T, targets)` without materialising the logits; same values and gradients.
 
     Runs the matmuls in the autocast dtype when autocast is on (as `nn.Linear` would), reductions in float32.
+    Called from code that torch.compile traces, it runs eagerly, outside the graph (`torch.compiler.disable`,
+    applied here rather than as a decorator: the decorator imports torch._dynamo, 1.3 s, into every process).
     """
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(_linear_lm_loss)(hidden, weight, targets, z_loss_coef, chunk_rows)
+    return _linear_lm_loss(hidden, weight, targets, z_loss_coef, chunk_rows)
+
+
+def _linear_lm_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, z_loss_coef: float, chunk_rows: int
+) -> LossOutput:
     dev = hidden.device.type  # autocast is per device type: on a GPU, the CUDA autocast dtype applies
     compute_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)

@@ -23,7 +23,6 @@ import torch.distributed as dist
 from kamado.config import RunConfig, from_dict, to_dict
 from kamado.errors import CheckpointError
 from kamado.model.transformer import Transformer
-from kamado.parallel.checkpoint import consolidated_weights
 from kamado.parallel.mesh import init_layout, under_launcher
 from kamado.train import checkpoint as ckpt
 from kamado.train.trainer import training_device
@@ -68,6 +67,8 @@ def pretrained_model(out: Path) -> Transformer:
     if path is None:
         raise CheckpointError(f"no checkpoint in {out / 'checkpoints'} after pre-training")
     if not (path / "model.safetensors").is_file():
+        from kamado.parallel.checkpoint import consolidated_weights  # torch.distributed.checkpoint: 0.9 s to import
+
         _, tensors = consolidated_weights(path)
         ckpt.add_model_weights(path, tensors)
     model, _ = ckpt.load_model(path)
