@@ -99,7 +99,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory, micro: Micro) -> tuple[P
     """One uninterrupted micro run: its folder (copy it, never change it), its outcome and its wall time.
 
     Under xdist the workers share it: the first to ask builds it in their common temporary folder, under a file
-    lock, and the others wait for it (a worker building its own copy beside the other's would slow both)."""
+    lock, and a later one finds it ready or waits for it. That saves one build's CPU time, not always wall time: a
+    worker that asks while the other is building sits idle (LOG.md, session 14)."""
     if "PYTEST_XDIST_WORKER" not in os.environ:  # not under xdist
         out = tmp_path_factory.mktemp("reference") / "run"
         seconds = _build_reference(micro, out)
