@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 # --------------------------------------------------------------------------------------------------------------
 # A micro `kamado run`: the tiny recipe shrunk to ~10 s (every stage up to the evaluation ones: web corpus, tokenizer,
@@ -101,23 +102,16 @@ def reference(tmp_path_factory: pytest.TempPathFactory, micro: Micro) -> tuple[P
     Under xdist the workers share it: the first to ask builds it in their common temporary folder, under a file
     lock, and a later one finds it ready or waits for it. That saves one build's CPU time, not always wall time: a
     worker that asks while the other is building sits idle (LOG.md, session 14)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:  # not under xdist
-        out = tmp_path_factory.mktemp("reference") / "run"
-        seconds = _build_reference(micro, out)
-        return out, micro.outcome(out), seconds
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp().parent / "reference"
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:  # each worker's folder is inside the session's: share that one
+        root = root.parent
+    shared = root / "reference"
     done = shared / "seconds.json"
     with FileLock(str(shared) + ".lock"):
         if not done.is_file():
             shutil.rmtree(shared, ignore_errors=True)  # a build that failed in another worker: start afresh
             shared.mkdir()
-            done.write_text(json.dumps(_build_reference(micro, shared / "run")))
+            t0 = time.perf_counter()
+            micro.ok(shared / "run")
+            done.write_text(json.dumps(time.perf_counter() - t0))
     return shared / "run", micro.outcome(shared / "run"), json.loads(done.read_text())
-
-
-def _build_reference(micro: Micro, out: Path) -> float:
-    t0 = time.perf_counter()
-    micro.ok(out)
-    return time.perf_counter() - t0
