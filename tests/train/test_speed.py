@@ -53,7 +53,7 @@ def test_measured_peak_is_two_n_cubed_over_the_best_time(monkeypatch):
 def test_the_timing_loop_runs_for_its_seconds_and_times_products_in_the_given_dtype(monkeypatch):
     seen = []
     real_mm = torch.mm
-    monkeypatch.setattr(speed.torch, "mm", lambda a, b: seen.append((a.dtype, b.dtype)) or real_mm(a, b))
+    monkeypatch.setattr(torch, "mm", lambda a, b: seen.append((a.dtype, b.dtype)) or real_mm(a, b))
     monkeypatch.setattr(speed.time, "perf_counter", _Clock(0.25))
     measure_matmul_peak(n=8)  # default: bf16, about one second
     # reads: start 0.25; check 0.5 (elapsed 0.25 < 1), t0 0.75, product, 1.0; check 1.25: elapsed exactly 1.0 is

@@ -16,10 +16,12 @@ this machine's matmul actually reaches, not a datasheet number.
 from __future__ import annotations
 
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from kamado.config import ModelConfig
+
+if TYPE_CHECKING:  # torch is imported where a matmul is timed: `kamado plan` and `kamado --help` go without it
+    import torch
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -37,18 +39,23 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def matmul_plan(device: str | torch.device) -> tuple[int, int]:
     """(n, products per timing) for `measure_matmul_peak`: 8192 and 10 on a GPU (one product is too short to time
     between synchronisations, and smaller ones stay below its peak), 2048 and 1 on a CPU."""
+    import torch
+
     return (8192, 10) if torch.device(device).type == "cuda" else (2048, 1)
 
 
 def measure_matmul_peak(
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     n: int | None = None,
     seconds: float = 1.0,
     device: str | torch.device = "cpu",
 ) -> float:
-    """Best FLOP/s of an n×n×n matmul in `dtype` on `device` over about `seconds` of repeats. By default n is 2048
-    on a CPU and 8192 on a GPU (large enough to reach its peak); on a GPU each timing covers 10 products between
-    synchronisations."""
+    """Best FLOP/s of an n×n×n matmul in `dtype` (bf16 by default) on `device` over about `seconds` of repeats. By
+    default n is 2048 on a CPU and 8192 on a GPU (large enough to reach its peak); on a GPU each timing covers 10
+    products between synchronisations."""
+    import torch
+
+    dtype = dtype or torch.bfloat16
     gpu = torch.device(device).type == "cuda"
     size, reps = matmul_plan(device)
     n = n or size
