@@ -247,3 +247,73 @@ def test_local_workers_are_forked_with_the_parents_modules_on_linux(tmp_path: Pa
     finally:
         del sys.modules["kamado_parent_marker"]
     assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["0.txt", "1.txt"]
+
+
+class _WarmStep:
+    """A step whose worker reports whether it found what the parent loaded in `warm_up`, and loaded nothing."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self.warm_ups = out_dir, 0
+
+    def warm_up(self) -> None:
+        import sys
+        import types
+
+        self.warm_ups += 1
+        sys.modules["kamado_warm_marker"] = types.ModuleType("kamado_warm_marker")
+
+    def __call__(self, data, rank: int = 0, world_size: int = 1):
+        import sys
+
+        found = "kamado_warm_marker" in sys.modules
+        Path(self.out_dir, f"{rank}.txt").write_text(f"{found} {self.warm_ups}")
+        yield from data or []
+
+
+def test_steps_warm_up_once_in_the_parent_and_the_forked_workers_inherit_it(tmp_path: Path) -> None:
+    import sys
+
+    from kamado.corpus.pipeline import _executor
+
+    if sys.platform != "linux":
+        pytest.skip("fork is used on Linux only")
+    step = _WarmStep(str(tmp_path))
+    try:
+        executor = _executor(CorpusConfig(tasks=2, workers=2), [step], 2, str(tmp_path / "logs"))
+        assert step.warm_ups == 1  # before any worker exists
+        executor.run()
+    finally:
+        sys.modules.pop("kamado_warm_marker", None)
+    assert [p.read_text() for p in sorted(tmp_path.glob("*.txt"))] == ["True 1", "True 1"]
+
+
+WARM_UP_CHECK = """
+import sys
+from kamado.corpus.config import CorpusConfig
+from kamado.corpus.dedup import dedup_stages
+from kamado.corpus.langid import _identifier
+from kamado.corpus.minhash import _normalization_tables
+from kamado.corpus.pipeline import extract_stage
+
+cfg = CorpusConfig()
+cfg.quality.classifier.enabled = True
+steps = extract_stage(cfg, "w", "x")[1] + dedup_stages(cfg.dedup, "x", "y", "z", 2)[0][1]
+def loaded():
+    return [_identifier.cache_info().currsize, _normalization_tables.cache_info().currsize,
+            "sklearn.feature_extraction.text" in sys.modules, "trafilatura" in sys.modules]
+before = loaded()
+for s in steps:
+    getattr(s, "warm_up", lambda: None)()
+print(before, loaded())
+"""
+
+
+def test_each_steps_warm_up_loads_what_its_workers_need() -> None:
+    """In a fresh interpreter: the language identifier, the normalization tables, scikit-learn (the quality
+    classifier's features) and trafilatura are not loaded by building the steps, and are after their warm-ups."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", WARM_UP_CHECK], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[-2] == "[0, 0, False, False] [1, 1, True, True]"

@@ -84,6 +84,11 @@ class JapaneseMinhashSignature(MinhashDedupSignature):
         self.cfg = cfg
         self._parameters = minhash_parameters(cfg.num_hashes, cfg.seed)
 
+    def warm_up(self) -> None:
+        """Build the normalization tables (~1 s) in the process that forks the workers (`kamado.corpus.pipeline`)."""
+        if self.cfg.normalize:
+            normalized_code_points("warm-up")
+
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> None:
         r = self.cfg.rows_per_band
         record = np.dtype([(f"h{i}", "<u4") for i in range(r)] + [("doc", "<u4")])
@@ -136,6 +141,12 @@ class JapaneseExactSignature(ExactDedupSignature):
     def __init__(self, output_folder: str, cfg: DedupConfig, finder_workers: int = 1):
         super().__init__(output_folder, exact_config(cfg), finder_workers)
         self.hash_fc = sha1_hash64_bytes
+        self.normalize = cfg.normalize
+
+    def warm_up(self) -> None:
+        """Build the normalization tables (~1 s) in the process that forks the workers (`kamado.corpus.pipeline`)."""
+        if self.normalize:
+            normalized_code_points("warm-up")
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         assert world_size <= _PRIORITY_MAX, "priority encodes the rank"

@@ -133,8 +133,12 @@ class MarkdownExtractor(PipelineStep):
         self.max_html_chars = max_html_chars
         self.fallback = fallback
 
+    def warm_up(self) -> None:
+        """Import trafilatura in the process that forks the workers (`kamado.corpus.pipeline`)."""
+        import trafilatura  # noqa: F401
+
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        import trafilatura  # noqa: F401 - imported before the fork, so each new child starts warm
+        import trafilatura  # noqa: F401 - imported before the sandbox's fork, so each new child starts warm
 
         if data is None:
             return

@@ -73,6 +73,10 @@ class JapaneseLanguageFilter(BaseFilter):
         super().__init__(exclusion_writer)
         self.threshold = threshold
 
+    def warm_up(self) -> None:
+        """Load the identifier in the process that forks the workers (`kamado.corpus.pipeline`)."""
+        _identifier()
+
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         lang, prob = identify_language(doc.text)
         doc.metadata["language"] = lang

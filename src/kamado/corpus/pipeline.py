@@ -65,6 +65,10 @@ def _executor(cfg: CorpusConfig, steps: list[Any], tasks: int, logging_dir: str)
     # datatrove's default (forkserver) imports them afresh in every stage's pool, about 1 s a stage (LOG.md,
     # 2026-12-05). kamado's commands have started no thread then but fsspec's IO loop, which a child resets.
     start = "fork" if sys.platform == "linux" else "forkserver"
+    if start == "fork":  # what each worker would load for itself (a model, tables: 0.6-1 s each) is loaded once
+        for step in steps:  # here, and every worker of every stage inherits it
+            if hasattr(step, "warm_up"):
+                step.warm_up()
     return LocalPipelineExecutor(
         steps, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir, start_method=start
     )

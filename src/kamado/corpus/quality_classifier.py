@@ -34,6 +34,12 @@ class QualityClassifier(BaseFilter):
             self._model = QualityModel.load(self.config.model_dir())
         return self._model
 
+    def warm_up(self) -> None:
+        """Import scikit-learn (0.8 s; the model itself loads in 0.06 s) in the process that forks the workers
+        (`kamado.corpus.pipeline`), by scoring one text with a model loaded there and not kept on the step; a
+        model folder that cannot be read fails here, once, before any worker starts."""
+        QualityModel.load(self.config.model_dir()).scores(["warm-up"])
+
     @property
     def threshold(self) -> float:
         return self.model.threshold if self.config.threshold is None else self.config.threshold
