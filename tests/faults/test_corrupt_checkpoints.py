@@ -4,6 +4,7 @@ checkpoint, keep the corrupt one aside, and still end with the uninterrupted run
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kamado.completion import RECORD
+from kamado.recipe.cached import weights_sha256
 from kamado.train import checkpoint as ckpt
 
 FILES = ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "integrity.json"]
@@ -117,3 +120,22 @@ def test_damaged_stage_output_is_rebuilt(micro, reference, tmp_path, fault_count
         assert " tokenizer " in r.stdout, r.stdout[-2000:]
     micro.assert_same(micro.outcome(out), reference[1], f"{target} {how}")
     fault_counts["corruptions detected"] += 1
+
+
+@pytest.mark.slow
+def test_a_rerun_reads_the_checks_back_for_the_same_weights_only(micro, reference, tmp_path):
+    """Held-out bits/char is kept under the final weights' hash (kamado.recipe.cached): a rerun over a finished run
+    reports the kept result; with another hash in the record it computes it again."""
+    out, newest = copy_run(reference, tmp_path)
+    record = out / "checks" / "bits_per_char" / RECORD
+    kept = json.loads(record.read_text())
+    assert kept["info"]["key"]["weights"] == weights_sha256(ckpt.load_model(newest)[0])
+    name = next(iter(kept["info"]["result"]))
+    kept["info"]["result"][name]["model"] = 0.125  # a marker only a read-back can report
+    record.write_text(json.dumps(kept))
+    micro.ok(out)
+    assert json.loads((out / "summary.json").read_text())["bits_per_char"][name]["model"] == 0.125
+    kept["info"]["key"]["weights"] = "0" * 64  # as if the final weights had changed
+    record.write_text(json.dumps(kept))
+    micro.ok(out)
+    assert micro.outcome(out)["bits_per_char"] == reference[1]["bits_per_char"]

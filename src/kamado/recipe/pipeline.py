@@ -30,6 +30,7 @@ from kamado.eval.bits_per_char import XzBaseline, model_bits_per_char
 from kamado.eval.pfgen.stage import pfgen_stage
 from kamado.faults import failpoint
 from kamado.recipe import distributed
+from kamado.recipe.cached import cached, files_sha256, weights_sha256
 from kamado.recipe.evaluation import jaster_stage, judge_stage
 from kamado.recipe.posttrain import posttrain_stages
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
@@ -196,7 +197,14 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
             failpoint("recipe.during_bits_per_char")
         return res
 
-    summary["bits_per_char"] = stages.run("bits/char vs xz", compression)
+    weights_sha = weights_sha256(model)  # bits/char and the export check are kept for a rerun (recipe.cached)
+    texts = {"weights": weights_sha, "tokenizer": tok_sha, "train": files_sha256(all_files)}
+    texts |= {f"heldout_{k}": files_sha256([p]) for k, p in heldout.items()}
+    checks = out / "checks"
+    summary["bits_per_char"] = stages.run(
+        "bits/char vs xz",
+        lambda: cached(checks / "bits_per_char", {**texts, "context": cfg.data.seq_len}, compression),
+    )
     for name, r in summary["bits_per_char"].items():
         console.print(f"{name}: model {r['model']:.3f} bits/char, xz {r['xz']:.3f} bits/char")
 
@@ -235,7 +243,14 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
             export_gguf(model, tok_dir, gguf_file, "f16")
         doc = next(iter_jsonl_texts([next(iter(heldout.values()))]))
         ids = tok.encode(doc)[: cfg.model.max_seq_len]
-        check = compare_with_transformers(model, hf_dir, ids, new_tokens=cfg.generate.max_new_tokens)
+        hf_sha, new_tokens = files_sha256(sorted(hf_dir.iterdir())), cfg.generate.max_new_tokens
+        ids_sha = hashlib.sha256(str(ids).encode()).hexdigest()
+        key = {"weights": weights_sha, "hf": hf_sha, "ids": ids_sha, "new_tokens": new_tokens}
+        check = cached(
+            checks / "export",
+            key,
+            lambda: compare_with_transformers(model, hf_dir, ids, new_tokens=new_tokens),
+        )
         console.print(f"export: transformers logits within {check['max_abs_logit_diff']:.2g} of kamado's")
         return [
             ("Hugging Face folder", f"{hf_dir} ({sum(f.stat().st_size for f in hf_dir.iterdir()) / 1e6:.1f} MB)"),
