@@ -115,6 +115,21 @@ def test_train_then_generate_from_the_run_folder(capsys, trained, tmp_path):
     assert capsys.readouterr().out.startswith("吾輩は")
 
 
+def test_a_rerun_with_another_model_shape_is_one_line(capsys, trained, tmp_path):
+    """Reusing a run folder with another d_model used to end in torch's traceback of size mismatches."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'out_dir = "{tmp_path / "run"}"\n[model]\nvocab_size = 400\nd_model = 32\nn_layers = 1\nn_heads = 2\n'
+        f"n_kv_heads = 1\nffn_hidden = 32\nmax_seq_len = 16\n[data]\nseq_len = 16\n"
+        f'[[data.sources]]\nname = "ja"\npath = "{trained / "shards"}"\n'
+        "[train]\nsteps = 2\nbatch_size = 2\npeak_flops = 1e9\n[checkpoint]\nevery = 1\n"
+    )
+    assert main(["train", str(cfg), "--no-progress"]) == 0
+    capsys.readouterr()
+    expect_error(capsys, ["train", str(cfg), "--no-progress", "--model.d_model=16"], "model.d_model = 32 there, 16 now")
+    assert main(["train", str(cfg), "--no-progress", "--train.steps=3"]) == 0  # the same shape resumes
+
+
 def test_generate_without_checkpoint(capsys, tmp_path):
     expect_error(capsys, ["generate", str(tmp_path), "--prompt", "x"], "checkpoint")
 

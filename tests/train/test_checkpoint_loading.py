@@ -84,6 +84,10 @@ def test_weights_of_another_shape_or_file_are_refused(run, tiny_cfg, tmp_path):
     with pytest.raises(CheckpointError, match=r"missing \[\], unexpected \['layers.1.attn") as e:
         ckpt.load_model_weights(Transformer(tiny_cfg.model), step)
     assert str(e.value).split("unexpected ")[1].count("'layers.1.") == 5
+    tiny_cfg.model.n_layers, tiny_cfg.model.ffn_hidden = 2, tiny_cfg.model.ffn_hidden * 2  # same names, wider
+    with pytest.raises(CheckpointError, match=r"weights of other shapes than the model config: layers.0.mlp") as e:
+        ckpt.load_model_weights(Transformer(tiny_cfg.model), step)
+    assert str(e.value).count("(model: ") == 3  # the first 3 of the 4 wider weights, each with both shapes
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match=r"junk.safetensors is not a readable safetensors file"):
@@ -119,3 +123,17 @@ def test_a_distributed_checkpoint_is_refused_until_consolidated(run, tiny_cfg, t
     model = Transformer(tiny_cfg.model)
     ckpt.load_model_weights(model, dcp)
     assert torch.equal(model.embed.weight, trained.embed.weight)
+
+
+def test_a_resume_with_other_shape_settings_names_them(run, tiny_cfg):
+    root, _ = run
+    step = root / "checkpoints/step_00000002"
+    ckpt.check_same_shape(step, tiny_cfg.model)  # the settings it was saved with
+    tiny_cfg.model.max_seq_len, tiny_cfg.model.rope_theta = 4 * tiny_cfg.model.max_seq_len, 5e5  # shapes unchanged
+    ckpt.check_same_shape(step, tiny_cfg.model)
+    d = tiny_cfg.model.d_model
+    tiny_cfg.model.d_model, tiny_cfg.model.qk_norm = 2 * d, not tiny_cfg.model.qk_norm
+    with pytest.raises(CheckpointError) as e:
+        ckpt.check_same_shape(step, tiny_cfg.model)
+    assert str(e.value).startswith(f"{step} was saved with other model settings (model.d_model = {d} there, {2 * d} ")
+    assert "model.qk_norm = " in str(e.value) and "max_seq_len" not in str(e.value)

@@ -269,10 +269,38 @@ def load_model_weights(model: nn.Module, ckpt: str | Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"no model weights at {path}")
     tensors = _load_tensors(path)
+    own = model.state_dict()
+    wrong = [
+        f"{k} {list(t.shape)} (model: {list(own[k].shape)})"
+        for k, t in tensors.items()
+        if k in own and t.shape != own[k].shape
+    ]
+    if wrong:
+        raise CheckpointError(f"{path} holds weights of other shapes than the model config: {', '.join(wrong[:3])}")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+SHAPE_SETTINGS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "qk_norm")
+
+
+def check_same_shape(ckpt: str | Path, cfg: ModelConfig) -> None:
+    """Before a resume: one CheckpointError naming the model settings that give `ckpt`'s weights another shape than
+    `cfg` (a run folder reused with another d_model, say), instead of torch's list of size mismatches. Settings that
+    keep the shapes (max_seq_len, rope_theta, ...) may change."""
+    try:
+        saved = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))["config"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no saved config to compare with: loading the tensors reports what is wrong
+    now = {k: getattr(cfg, k) for k in SHAPE_SETTINGS}
+    changed = [f"model.{k} = {saved[k]!r} there, {v!r} now" for k, v in now.items() if k in saved and saved[k] != v]
+    if changed:
+        raise CheckpointError(
+            f"{ckpt} was saved with other model settings ({'; '.join(changed)}): resume with the same settings, "
+            "or train into another out_dir"
         )
 
 

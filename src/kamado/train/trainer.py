@@ -125,6 +125,7 @@ class Trainer:
         return ckpt.load_checkpoint(path, self.model, self.optimizer)
 
     def restore(self, path: Path) -> None:
+        ckpt.check_same_shape(path, self.cfg.model)
         state = self.read_checkpoint(path)
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])
