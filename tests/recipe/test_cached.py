@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -63,7 +64,10 @@ def test_weights_hash_sees_every_byte_name_and_dtype() -> None:
     with torch.no_grad():
         b.bias[1] = torch.nextafter(b.bias[1], torch.tensor(1.0))  # one ulp of one weight
     assert weights_sha256(a) != weights_sha256(b)
-    assert weights_sha256(a) != weights_sha256(a.to(torch.bfloat16))  # bf16 tensors hash too (as bytes)
+    assert weights_sha256(a) != weights_sha256(copy.deepcopy(a).to(torch.bfloat16))  # bf16 hashes too (as bytes)
+    scaled = copy.deepcopy(a)
+    scaled.register_buffer("scale", torch.tensor(2.0))  # a 0-dim tensor hashes too
+    assert weights_sha256(scaled) != weights_sha256(a)
     renamed = torch.nn.Sequential(a)
     assert weights_sha256(renamed) != weights_sha256(a)  # "0.weight" is not "weight"
 
