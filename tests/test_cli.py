@@ -99,14 +99,20 @@ def test_wrong_dtype_shard_is_a_clear_error(capsys, trained, tmp_path):
     expect_error(capsys, ["train", str(cfg), "--train.steps=1"], "shard")
 
 
-def test_train_then_generate_from_the_run_folder(capsys, trained, tmp_path):
+def small_train_config(tmp_path: Path, shards: Path, seq_len: int, steps: int, extra: str = "") -> Path:
+    """A one-layer model on `shards` (the `trained` fixture's 400-id tokenizer), into tmp_path/run."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         f'out_dir = "{tmp_path / "run"}"\n[model]\nvocab_size = 400\nd_model = 32\nn_layers = 1\nn_heads = 2\n'
-        f"n_kv_heads = 1\nffn_hidden = 32\nmax_seq_len = 32\n[data]\nseq_len = 32\n"
-        f'[[data.sources]]\nname = "ja"\npath = "{trained / "shards"}"\n'
-        "[train]\nsteps = 3\nbatch_size = 2\npeak_flops = 1e9\n"
+        f"n_kv_heads = 1\nffn_hidden = 32\nmax_seq_len = {seq_len}\n[data]\nseq_len = {seq_len}\n"
+        f'[[data.sources]]\nname = "ja"\npath = "{shards}"\n'
+        f"[train]\nsteps = {steps}\nbatch_size = 2\npeak_flops = 1e9\n{extra}"
     )
+    return cfg
+
+
+def test_train_then_generate_from_the_run_folder(capsys, trained, tmp_path):
+    cfg = small_train_config(tmp_path, trained / "shards", seq_len=32, steps=3)
     assert main(["train", str(cfg), "--no-progress"]) == 0
     assert (tmp_path / "run/checkpoints/step_00000003/model.safetensors").is_file()
     capsys.readouterr()
@@ -117,13 +123,7 @@ def test_train_then_generate_from_the_run_folder(capsys, trained, tmp_path):
 
 def test_a_rerun_with_another_model_shape_is_one_line(capsys, trained, tmp_path):
     """Reusing a run folder with another d_model used to end in torch's traceback of size mismatches."""
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        f'out_dir = "{tmp_path / "run"}"\n[model]\nvocab_size = 400\nd_model = 32\nn_layers = 1\nn_heads = 2\n'
-        f"n_kv_heads = 1\nffn_hidden = 32\nmax_seq_len = 16\n[data]\nseq_len = 16\n"
-        f'[[data.sources]]\nname = "ja"\npath = "{trained / "shards"}"\n'
-        "[train]\nsteps = 2\nbatch_size = 2\npeak_flops = 1e9\n[checkpoint]\nevery = 1\n"
-    )
+    cfg = small_train_config(tmp_path, trained / "shards", seq_len=16, steps=2, extra="[checkpoint]\nevery = 1\n")
     assert main(["train", str(cfg), "--no-progress"]) == 0
     capsys.readouterr()
     expect_error(capsys, ["train", str(cfg), "--no-progress", "--model.d_model=16"], "model.d_model = 32 there, 16 now")
