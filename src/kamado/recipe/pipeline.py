@@ -32,6 +32,7 @@ from kamado.faults import failpoint
 from kamado.recipe import distributed
 from kamado.recipe.cached import cached, files_sha256, weights_sha256
 from kamado.recipe.evaluation import jaster_stage, judge_stage
+from kamado.recipe.inputs import check_same_inputs, fingerprint
 from kamado.recipe.posttrain import posttrain_stages
 from kamado.recipe.report import plot_losses, read_jsonl, write_report
 from kamado.serve.engine import Engine, GenParams
@@ -95,6 +96,11 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
     heldout = {
         k: resolve(v, base) for k, v in (("ja", cfg.corpus.heldout_file), ("en", cfg.corpus.heldout_en_file)) if v
     }
+    for paths in [*sources.values(), heldout.values()]:
+        for p in paths:
+            if not p.is_file():
+                raise DataError(f"{p}: file not found (named in {recipe_path}'s [corpus])")
+    check_same_inputs(out, fingerprint(cfg, sources, heldout))  # a rerun with other inputs stops here
     summary: dict[str, Any] = {"name": cfg.name, "stage_seconds": {}, "data_rows": [], "train_rows": []}
     stages = Stages(summary)
     t_start = time.perf_counter()
