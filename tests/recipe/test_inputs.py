@@ -80,3 +80,14 @@ def test_kamado_run_stops_before_any_stage(tmp_path: Path) -> None:
         "same ones to resume, or use another out_dir"
     )
     assert sorted(p.name for p in out.iterdir()) == ["inputs.json"]
+
+
+def test_a_missing_input_file_stops_kamado_run_before_the_web_corpus(tmp_path: Path) -> None:
+    """Named before any stage, not minutes later when the tokenizer stage first reads it."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "kamado.cli", "run", "recipes/tiny.toml", f"--out_dir={out}"]
+    r = subprocess.run([*args, '--corpus.heldout_en_file="nowhere.jsonl"'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    missing = ROOT / "recipes" / "nowhere.jsonl"  # recipe paths are relative to the recipe file
+    assert r.stderr.strip() == f"kamado: error: {missing}: file not found (named in recipes/tiny.toml's [corpus])"
+    assert not (out / "corpus").exists() and not (out / "inputs.json").exists()
