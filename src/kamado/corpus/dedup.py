@@ -69,7 +69,18 @@ def minhash_config(cfg: DedupConfig) -> MinhashConfig:
     )
 
 
-class JapaneseMinhashSignature(MinhashDedupSignature):
+class _WarmTables:
+    """`warm_up` of the signature steps: the normalization tables (~1 s) built in the process that forks the
+    workers (`kamado.corpus.pipeline`), when the step normalizes."""
+
+    normalize: bool
+
+    def warm_up(self) -> None:
+        if self.normalize:
+            normalized_code_points("warm-up")
+
+
+class JapaneseMinhashSignature(_WarmTables, MinhashDedupSignature):
     """datatrove's MinHash stage 1 for Japanese, in its format: `bucket_{band:03d}/{rank:05d}.minhash.sig` holds
     per band the records (r uint32 values, uint32 document index), sorted. Pages are signed `BATCH` at a time
     (`minhash_signatures`); `full/{rank:05d}.minhash.full` also keeps every page's (index, b·r values), in page
@@ -81,13 +92,8 @@ class JapaneseMinhashSignature(MinhashDedupSignature):
     def __init__(self, output_folder: str, cfg: DedupConfig):
         # an instance instead of a language: datatrove would load spaCy + SudachiPy for "ja" (unused: `run` shingles)
         super().__init__(output_folder, config=minhash_config(cfg), language=WhitespaceTokenizer())
-        self.cfg = cfg
+        self.cfg, self.normalize = cfg, cfg.normalize
         self._parameters = minhash_parameters(cfg.num_hashes, cfg.seed)
-
-    def warm_up(self) -> None:
-        """Build the normalization tables (~1 s) in the process that forks the workers (`kamado.corpus.pipeline`)."""
-        if self.cfg.normalize:
-            normalized_code_points("warm-up")
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> None:
         r = self.cfg.rows_per_band
@@ -132,7 +138,7 @@ def exact_config(cfg: DedupConfig) -> ExactDedupConfig:
     )
 
 
-class JapaneseExactSignature(ExactDedupSignature):
+class JapaneseExactSignature(_WarmTables, ExactDedupSignature):
     """datatrove's exact-dedup stage 1 on normalized text. Documents pass through, so that MinHash signatures are
     computed in the same read; priority 65535 - rank makes the finder keep the first copy in (rank, index) order."""
 
@@ -142,11 +148,6 @@ class JapaneseExactSignature(ExactDedupSignature):
         super().__init__(output_folder, exact_config(cfg), finder_workers)
         self.hash_fc = sha1_hash64_bytes
         self.normalize = cfg.normalize
-
-    def warm_up(self) -> None:
-        """Build the normalization tables (~1 s) in the process that forks the workers (`kamado.corpus.pipeline`)."""
-        if self.normalize:
-            normalized_code_points("warm-up")
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         assert world_size <= _PRIORITY_MAX, "priority encodes the rank"

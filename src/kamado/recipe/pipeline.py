@@ -100,7 +100,8 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         for p in paths:
             if not p.is_file():
                 raise DataError(f"{p}: file not found (named in {recipe_path}'s [corpus])")
-    check_same_inputs(out, fingerprint(cfg, sources, heldout))  # a rerun with other inputs stops here
+    inputs = fingerprint(cfg, sources, heldout)  # the files' SHA-256, the tokenizer settings
+    check_same_inputs(out, inputs)  # a rerun with other inputs stops here
     summary: dict[str, Any] = {"name": cfg.name, "stage_seconds": {}, "data_rows": [], "train_rows": []}
     stages = Stages(summary)
     t_start = time.perf_counter()
@@ -204,8 +205,8 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         return res
 
     weights_sha = weights_sha256(model)  # bits/char and the export check are kept for a rerun (recipe.cached)
-    texts = {"weights": weights_sha, "tokenizer": tok_sha, "train": files_sha256(all_files)}
-    texts |= {f"heldout_{k}": files_sha256([p]) for k, p in heldout.items()}
+    web = sources.get(cfg.corpus.warc_source, []) if cfg.corpus.warc_dir else []  # the rest is in `inputs`
+    texts = {"weights": weights_sha, "tokenizer": tok_sha, "inputs": inputs, "web": files_sha256(web)}
     checks = out / "checks"
     summary["bits_per_char"] = stages.run(
         "bits/char vs xz",
