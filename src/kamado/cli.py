@@ -17,12 +17,15 @@
     kamado import hf DIR --out RUN_DIR               # back into a kamado run
     kamado eval jaster RUN --out DIR                 # jaster (llm-jp-eval v1.3); `eval judge`: MT-Bench, Rakuda
 
-Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2.
+Errors a user can cause (bad config, missing or malformed input) print one line and exit with status 2. Training
+stopped by SIGTERM or SIGUSR1 (a scheduler's time limit, `scancel`, preemption) saves the step in flight, prints one
+line and exits with status 75; the same command continues (`kamado.train.stop`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from kamado.posttrain.commands_data import add_posttrain_data_parser
 from kamado.posttrain.commands_merge import add_merge_parsers
 from kamado.serve.commands import add_serving_parsers
 from kamado.serve.commands_export import add_export_parsers
+from kamado.train.stop import EXIT_STOPPED, Stopped
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -250,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     except KamadoError as e:
         print(f"kamado: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM / SIGUSR1 during training: saved after the step in flight
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; one says so
+            print(f"kamado: {e}", file=sys.stderr)
+        return EXIT_STOPPED
     except Exception as e:  # a full disk or a read-only folder, possibly wrapped by a library: one line
         disk = user_os_error(e)
         if disk is None:

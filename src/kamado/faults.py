@@ -6,7 +6,9 @@ itself right there — no cleanup, no `finally`, exactly like a node dying. This
 inside a window a few microseconds wide (between two renames of a checkpoint save) that no timer could hit.
 With `@enospc` or `@erofs` after the name it raises that OSError instead, as a full or read-only disk would
 (`KAMADO_FAILPOINT=disk.write:2@enospc`: the second file write fails), for machines where the suite cannot mount
-a small file system. `KAMADO_FAILPOINT_RANK=1` limits it to one rank of a distributed run (torchrun's RANK).
+a small file system. `@sigterm` or `@sigusr1` sends the process that signal and goes on, as a scheduler's request to
+stop arriving at that moment would (`kamado.train.stop`). `KAMADO_FAILPOINT_RANK=1` limits it to one rank of a
+distributed run (torchrun's RANK).
 The names in use are listed in `FAILPOINTS`; the suite checks each one is reached.
 """
 
@@ -33,6 +35,7 @@ FAILPOINTS = (
     "disk.write",  # any atomic file write or checkpoint tensor file (use with @enospc / @erofs)
 )
 _ERRNOS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
+_SIGNALS = {"sigterm": signal.SIGTERM, "sigusr1": signal.SIGUSR1}
 
 _hits: dict[str, int] = {}
 
@@ -54,4 +57,7 @@ def failpoint(name: str, path: object = None) -> None:
     if action in _ERRNOS:
         code = _ERRNOS[action]
         raise OSError(code, os.strerror(code), None if path is None else str(path))
+    if action in _SIGNALS:
+        os.kill(os.getpid(), _SIGNALS[action])
+        return
     os.kill(os.getpid(), signal.SIGKILL)

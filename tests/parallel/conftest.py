@@ -85,11 +85,13 @@ class Runs:
         env.update(extra)
         return env
 
-    def train(self, out: Path, *overrides: str, nproc: int = 0, env: dict[str, str] | None = None, check=True):
+    def train(
+        self, out: Path, *overrides: str, nproc: int = 0, env: dict[str, str] | None = None, check=True, timeout=600
+    ):
         """`kamado train` (nproc 0: one plain process; else under torchrun with nproc ranks)."""
         cmd = [*launcher(nproc), "-m", "kamado.cli", "train", str(self.config)]
         cmd += [f"--out_dir={out}", "--no-progress", *overrides]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env or self.env(), timeout=600)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env or self.env(), timeout=timeout)
         if check:
             assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-4000:]}"
         return r

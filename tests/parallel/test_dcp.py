@@ -72,3 +72,19 @@ def test_a_rank_killed_mid_save_resumes_from_the_last_complete_checkpoint(runs, 
     runs.train(out, "--parallel.dp_shard=2", nproc=2)  # the relaunch
     assert not (root / "step_00000004.tmp").exists()
     assert_same_curve(runs.metrics(out), runs.metrics(single), what="after the kill")
+
+
+def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step(runs, single):
+    """SIGTERM reaches rank 1 alone during step 3 (not a checkpoint step): both ranks stop after step 3 and save it
+    together (a rank that went on alone would hang in its next collective); the relaunch finishes the curve."""
+    out = runs.root / "stopped"
+    env = runs.env(KAMADO_FAILPOINT="train.before_eval:3@sigterm", KAMADO_FAILPOINT_RANK="1")
+    r = runs.train(out, "--parallel.dp_shard=2", nproc=2, env=env, check=False, timeout=180)  # 13 s here
+    assert r.returncode != 0, r.stderr[-3000:]  # torchrun reports the workers' status 75 as a failure
+    assert "kamado: stopped by SIGTERM after step 3 (saved " in r.stderr, r.stderr[-3000:]
+    root = out / "checkpoints"
+    assert ckpt.latest_checkpoint(root) == root / "step_00000003"  # sealed: every rank wrote its shards
+    assert json.loads((root / "step_00000003/state.json").read_text())["step"] == 3
+    assert max(x["step"] for x in runs.metrics(out)) == 3
+    runs.train(out, "--parallel.dp_shard=2", nproc=2)  # the relaunch
+    assert_same_curve(runs.metrics(out), runs.metrics(single), what="after the stop")

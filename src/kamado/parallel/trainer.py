@@ -29,6 +29,7 @@ from kamado.parallel.pipeline import build_schedule, microbatches
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback
 from kamado.train.optim import build_optimizer, lr_at, set_lr
+from kamado.train.stop import STOP_SIGNALS
 from kamado.train.trainer import Batch, BatchLoader, Trainer
 
 
@@ -121,6 +122,15 @@ class DistributedTrainer(Trainer):
         found = [ckpt.latest_checkpoint(self.ckpt_dir, quarantine) if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(found, src=0)  # a path string, never untrusted bytes
         return found[0]
+
+    def stop_requested(self) -> str | None:
+        """A stop signal any rank has received, on every rank: the save that follows is collective, so all ranks
+        must stop after the same step (one 1-element all-reduce a step)."""
+        names = [s.name for s in STOP_SIGNALS]
+        local = super().stop_requested()
+        code = torch.tensor([names.index(local) + 1 if local else 0], device=self.device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        return names[int(code) - 1] if int(code) else None
 
     # ---------------------------------------------------------------------------------------------- steps
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

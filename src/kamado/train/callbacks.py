@@ -35,7 +35,8 @@ class Callback:
 
     def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None: ...
 
-    def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None:
+        """The loop ended: at `train.steps`, or stopped early by a signal after saving (`kamado.train.stop`)."""
 
 
 class SpeedMonitor(Callback):

@@ -27,6 +27,7 @@ from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback, truncate_jsonl
 from kamado.train.optim import build_optimizer, lr_at, set_lr
 from kamado.train.stability import StabilityMonitor, Verdict
+from kamado.train.stop import Stopped, StopRequest
 
 Batch = tuple[torch.Tensor, ...]  # (x, y) for pre-training; SFT adds segments, DPO has its own
 
@@ -91,6 +92,7 @@ class Trainer:
         self.pending_spikes: list[str] = []
         self.last_eval: dict[str, Any] | None = None  # the newest validation result (kept in checkpoints)
         self.saved_step = -1  # the step of the checkpoint the state in memory equals (saved or restored)
+        self.stop_request = StopRequest()  # SIGTERM / SIGUSR1 while `fit` runs
         self.peak_flops = cfg.train.peak_flops
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
         if cfg.train.threads > 0:
@@ -204,8 +206,18 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_event(self, event)
 
+    def stop_requested(self) -> str | None:
+        """The stop signal received so far (`kamado.train.stop`); the distributed trainer agrees on it."""
+        return self.stop_request.signal_name
+
     # ---------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
+        """Train to `train.steps`. SIGTERM/SIGUSR1 meanwhile: save after the current step, raise `Stopped`."""
+        self.stop_request = StopRequest()  # a fresh one for every call
+        with self.stop_request:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         self.recover_saves()  # a save a kill interrupted: finish or undo it
         latest = self.latest_checkpoint(quarantine=True) if self.cfg.checkpoint.resume else None
         if latest is not None:
@@ -257,6 +269,18 @@ class Trainer:
                         cb.on_eval_end(self, result)
             for cb in self.callbacks:  # after the evaluation, so a checkpoint never precedes its step's eval
                 cb.on_step_complete(self)
+            stop = self.stop_requested() if self.step < self.cfg.train.steps else None
+            if stop is not None:
+                self.stop(stop)
         for cb in self.callbacks:
             cb.on_train_end(self)
         return {"step": self.step, "eval": self.last_eval}
+
+    def stop(self, signal_name: str) -> None:
+        """End the run after this step: its checkpoint (unless just saved), an event in the logs, `Stopped`."""
+        if self.saved_step != self.step:
+            self.save_checkpoint()
+        self._emit({"event": "stopped", "signal": signal_name})
+        for cb in self.callbacks:  # the loop ends here: logs closed, progress bar stopped (nothing left to save)
+            cb.on_train_end(self)
+        raise Stopped(signal_name, self.step, self.ckpt_dir / f"step_{self.step:08d}")
