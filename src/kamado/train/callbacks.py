@@ -145,7 +145,7 @@ class ProgressBar(Callback):
         self.progress.update(self.task, completed=trainer.step, info=info)
 
     def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None:
-        self.progress.console.print(f"[yellow]stability: {event}")
+        self.progress.console.print(f"[yellow]{event['event']}: {event}")
 
     def on_train_end(self, trainer: Trainer) -> None:
         self.progress.stop()

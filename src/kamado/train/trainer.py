@@ -226,6 +226,8 @@ class Trainer:
             self.save_checkpoint()  # a rollback target before the first update
         for cb in self.callbacks:
             cb.on_train_start(self)
+        if latest is not None:  # in events.jsonl: which checkpoint each (re)start went on from
+            self._emit({"event": "resume", "checkpoint": latest.name})
         while self.step < self.cfg.train.steps:
             position = self.loader_position()
             if position in self.skip_positions:

@@ -1,0 +1,140 @@
+"""A real one-node Slurm cluster for the tests: munged, slurmctld and slurmd from Debian's `slurm-wlm`, started in a
+temporary folder on free ports (its own `slurm.conf`, named by SLURM_CONF) and stopped afterwards. `sbatch`,
+`scancel` and job states (`scontrol show job`; no accounting daemon) then work as on a cluster, with this machine
+as its only node. CI installs the package (.ci/run); elsewhere the tests skip, naming what is missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Slurm:
+    root: Path
+    env: dict[str, str]
+
+    def sbatch(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
+        """Submit; returns the job id."""
+        r = subprocess.run(
+            ["sbatch", "--parsable", *args], capture_output=True, text=True, env=env or self.env, cwd=cwd, check=False
+        )
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """`scontrol show job` as a dict (JobState, RestartCnt, ExitCode, ...)."""
+        out = subprocess.run(
+            ["scontrol", "show", "job", str(job_id)], capture_output=True, text=True, env=self.env, check=True
+        ).stdout
+        return dict(re.findall(r"(\w+)=(\S*)", out))
+
+    def wait(self, job_id: int, timeout: float = 300, states: tuple[str, ...] = ("COMPLETED", "FAILED")) -> str:
+        deadline = time.monotonic() + timeout
+        while (state := self.job(job_id)["JobState"]) not in states and state not in ("CANCELLED", "TIMEOUT"):
+            assert time.monotonic() < deadline, f"job {job_id} still {state} after {timeout} s"
+            time.sleep(0.2)
+        return state
+
+    def run(self, *cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True, env=self.env, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+    missing = [d for d in DAEMONS if shutil.which(d) is None and not Path("/usr/sbin", d).exists()]
+    if missing:
+        pytest.skip(f"Slurm is not installed here ({', '.join(missing)} missing): apt-get install slurm-wlm")
+    if os.geteuid() != 0:
+        pytest.skip("slurmd must run as root to start jobs; run these tests as root (CI does)")
+    root = tmp_path_factory.mktemp("slurm")
+    for d in ("state", "spool", "log", "munge", "run"):
+        (root / d).mkdir()
+    key = root / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    socket_path = root / "munge" / "munge.socket"
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(
+        f"""ClusterName=kamado-test
+SlurmctldHost={host}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+AuthType=auth/munge
+AuthInfo=socket={socket_path}
+SlurmUser=root
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/run/slurmctld.pid
+SlurmdPidFile={root}/run/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+KillWait=30
+MinJobAge=3600
+NodeName={host} CPUs={os.cpu_count()} RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+    )
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    sbin = "/usr/sbin"
+    procs = []
+    try:
+        subprocess.run(
+            [
+                shutil.which("munged") or f"{sbin}/munged",
+                f"--socket={socket_path}",
+                f"--pid-file={root}/run/munged.pid",
+                f"--log-file={root}/log/munged.log",
+                f"--seed-file={root}/munge/seed",
+                f"--key-file={key}",
+                "--force",
+            ],
+            check=True,
+            env=env,
+        )
+        log = open(root / "log" / "daemons.out", "ab")  # noqa: SIM115 (closed with the daemons)
+        for cmd in (["slurmctld", "-D", "-i"], ["slurmd", "-D"]):
+            exe = shutil.which(cmd[0]) or f"{sbin}/{cmd[0]}"
+            procs.append(subprocess.Popen([exe, *cmd[1:]], env=env, stdout=log, stderr=log))
+            time.sleep(1)
+        slurm = Slurm(root, env)
+        deadline = time.monotonic() + 60
+        while "idle" not in slurm.run("sinfo", "-h", "-o", "%t"):
+            assert all(p.poll() is None for p in procs), (root / "log" / "daemons.out").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the one-node Slurm cluster did not come up in 60 s"
+            time.sleep(0.2)
+        yield slurm
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+        pid = root / "run" / "munged.pid"
+        if pid.is_file():
+            os.kill(int(pid.read_text()), 15)
