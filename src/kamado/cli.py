@@ -163,8 +163,15 @@ def cmd_corpus_run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_corpus_config(args.config, flags + overrides)
     if args.no_min_length:
         cfg.quality.min_chars = None
-    summary = run_corpus(cfg, args.warc_dir, args.out)
+    summary = run_corpus(cfg, args.warc_dir, args.out, command=[sys.executable, "-m", "kamado.cli", *sys.argv[1:]])
     out = Path(args.out)
+    if "submitted" in summary:  # Slurm: the stages and this command after them are queued
+        jobs = summary["submitted"]
+        print(
+            f"submitted Slurm jobs {', '.join(map(str, jobs))}: the stages, then this command again (job {jobs[-1]}),"
+            f" which writes {out / 'shards'} and {out / 'corpus_report.md'}; follow them with `squeue --me`"
+        )
+        return
     print(
         f"{summary['documents_out']} documents → {out / 'shards'} (+ manifest.json); report: {out / 'corpus_report.md'}"
     )
@@ -220,7 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--config", help="corpus preset TOML (recipes/corpus/*.toml); add --section.key=value overrides")
     cr.add_argument("--tasks", type=int, help="datatrove tasks per stage (default: the preset's, else 2)")
     cr.add_argument("--workers", type=int, help="tasks run at once (default: the preset's, else 2)")
-    cr.add_argument("--executor", choices=["local", "ray"], help="where tasks run (default: the preset's, else local)")
+    cr.add_argument(
+        "--executor",
+        choices=["local", "ray", "slurm"],
+        help="where tasks run (default: the preset's, else local); slurm needs --slurm.partition=NAME",
+    )
     cr.add_argument("--no-min-length", action="store_true", help="drop the 400-character minimum (small samples)")
     cr.set_defaults(fn=cmd_corpus_run)
     add_corpus_quality_parsers(cos)  # train-quality, eval-filters (kamado.corpus.commands)

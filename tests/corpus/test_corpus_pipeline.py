@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kamado.corpus import report
+from kamado.corpus.config import SlurmConfig
 from kamado.corpus.pipeline import CorpusConfig, run_corpus
 from kamado.corpus.quality import QualityConfig
 from kamado.corpus.reshard import ReshardConfig
@@ -116,6 +117,11 @@ def test_bad_inputs(tmp_path: Path) -> None:
         run_corpus(config(), tmp_path, tmp_path / "out")
     with pytest.raises(ConfigError, match=r"corpus\.executor"):
         run_corpus(CorpusConfig(executor="spark"), SAMPLE, tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"needs slurm\.partition"):
+        run_corpus(CorpusConfig(executor="slurm"), SAMPLE, tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"is for `kamado corpus run`"):  # a recipe's stage cannot resubmit itself
+        run_corpus(CorpusConfig(executor="slurm", slurm=SlurmConfig(partition="p")), SAMPLE, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_report_adds_up(first_run: tuple[Path, dict]) -> None:

@@ -26,6 +26,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _memory_mb() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
 @dataclass
 class Slurm:
     root: Path
@@ -97,7 +101,7 @@ ReturnToService=2
 MpiDefault=none
 KillWait=30
 MinJobAge=3600
-NodeName={host} CPUs={os.cpu_count()} RealMemory=1000 State=UNKNOWN
+NodeName={host} CPUs={os.cpu_count()} RealMemory={_memory_mb() * 9 // 10} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
     )

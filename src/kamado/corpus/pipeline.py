@@ -8,14 +8,18 @@ reshard (one process)        uniform gzip JSONL shards + manifest.json          
 
 Each datatrove stage runs through an executor with its own logging folder under `work/logs/<stage>`, so a killed
 run started again with the same command skips the tasks that finished (datatrove's completion markers) and redoes
-the rest; the reshard stage rewrites its shards deterministically (see `kamado.corpus.reshard`).
+the rest; the reshard stage rewrites its shards deterministically (see `kamado.corpus.reshard`). The executor is
+local processes, Ray, or Slurm job arrays; on Slurm the command submits the stages and then itself, to finish the
+corpus once they are done (`kamado.corpus.slurm`).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from kamado.atomic import atomic_write_text
 from kamado.corpus.config import CorpusConfig
 from kamado.corpus.report import warnings, write_corpus_report
 from kamado.corpus.reshard import reshard
+from kamado.corpus.slurm import submit_after, task_seconds
 from kamado.errors import ConfigError, DataError
 from kamado.faults import failpoint
 
@@ -54,7 +59,26 @@ def extract_stage(cfg: CorpusConfig, warc_dir: str, out_folder: str) -> Stage:
     return "extract", steps, cfg.tasks
 
 
-def _executor(cfg: CorpusConfig, steps: list[Any], tasks: int, logging_dir: str) -> Any:
+def _executor(cfg: CorpusConfig, steps: list[Any], tasks: int, logging_dir: str, after: Any = None) -> Any:
+    """The stage's datatrove executor; `after` (Slurm): the previous stage's executor, whose jobs it waits for."""
+    if cfg.executor == "slurm":
+        from datatrove.executor.slurm import SlurmPipelineExecutor
+
+        s = cfg.slurm
+        return SlurmPipelineExecutor(
+            steps,
+            tasks=tasks,
+            workers=min(cfg.workers, tasks),
+            time=s.time,
+            partition=s.partition,
+            cpus_per_task=s.cpus_per_task,
+            mem_per_cpu_gb=s.mem_per_cpu_gb,
+            qos=s.qos,
+            env_command=s.env_command or None,
+            job_name=f"kamado-{Path(logging_dir).name}",
+            logging_dir=logging_dir,
+            depends=after,
+        )
     if cfg.executor == "ray":
         from datatrove.executor.ray import RayPipelineExecutor
 
@@ -88,7 +112,7 @@ def stage_stats(logging_dir: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-_NOT_OUTPUT_SETTINGS = ("workers", "executor", "ray_address")  # where and how fast, not what comes out
+_NOT_OUTPUT_SETTINGS = ("workers", "executor", "ray_address", "slurm")  # where and how fast, not what comes out
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -121,13 +145,19 @@ def check_same_settings(cfg: CorpusConfig, warc_dir: Path, work: Path) -> None:
         atomic_write_text(path, json.dumps(settings, indent=1, ensure_ascii=False) + "\n")
 
 
-def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run_corpus(
+    cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path, command: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Run every stage (skipping tasks a killed earlier run finished); returns the summary also written to
-    `out_dir/corpus_summary.json`."""
+    `out_dir/corpus_summary.json`. On Slurm, `command` is this very command line: when any task is left, the stages
+    are submitted and so is `command` after them (it then finds every task done and finishes the corpus here), and
+    the summary returned is `{"submitted": job ids}`."""
     cfg.validate()
     warc_dir, out_dir = Path(warc_dir), Path(out_dir)
     if not warc_dir.is_dir() or not any(warc_dir.rglob("*.warc*")):
         raise DataError(f"{warc_dir}: no .warc or .warc.gz files found")
+    if cfg.executor == "slurm" and command is None:
+        raise ConfigError("executor 'slurm' is for `kamado corpus run`; a recipe's corpus stage runs local or ray")
     if cfg.executor == "ray":
         import ray
 
@@ -137,28 +167,44 @@ def run_corpus(cfg: CorpusConfig, warc_dir: str | Path, out_dir: str | Path) -> 
     stats: dict[str, dict[str, dict[str, int]]] = {}
     work = out_dir / "work"
     check_same_settings(cfg, warc_dir, work)
+    submitted: list[Any] = []  # Slurm: each stage's executor, in order (job_id -1: nothing was left to run)
 
     def run_stage(name: str, steps: list[Any], tasks: int) -> None:
         logs = work / "logs" / name
         failpoint("corpus.before_stage")
         start = time.perf_counter()
-        _executor(cfg, steps, tasks, str(logs)).run()
-        seconds[name] = time.perf_counter() - start
+        executor = _executor(cfg, steps, tasks, str(logs), submitted[-1] if submitted else None)
+        try:
+            executor.run()
+        except subprocess.CalledProcessError as e:  # datatrove's sbatch call; sbatch printed its reason above
+            message = f"sbatch refused the {name} stage (exit status {e.returncode}; its message is above)"
+            raise ConfigError(message) from None
+        if cfg.executor == "slurm":
+            submitted.append(executor)
+            seconds[name] = task_seconds(logs)  # wall time is the scheduler's; the tasks' own time is recorded
+        else:
+            seconds[name] = time.perf_counter() - start
         stats[name] = stage_stats(logs)
 
     run_stage(*extract_stage(cfg, str(warc_dir), str(work / "extracted")))
     deduped = work / "deduped"
-    if any((work / "extracted").glob("*.jsonl.gz")):  # nothing to deduplicate when every page was dropped
+    # nothing to deduplicate when every page was dropped (on Slurm, extraction may not have run yet)
+    if cfg.executor == "slurm" or any((work / "extracted").glob("*.jsonl.gz")):
         from kamado.corpus.dedup import dedup_stages
 
         for stage in dedup_stages(cfg.dedup, str(work / "extracted"), str(work / "dedup"), str(deduped), cfg.tasks):
             run_stage(*stage)
+    jobs = [int(e.job_id) for e in submitted if e.job_id not in (None, -1)]
+    if jobs:
+        assert command is not None
+        jobs.append(submit_after(cfg, jobs[-1], command, work / "logs"))
+        return {"submitted": jobs}
     start = time.perf_counter()
     manifest = reshard(deduped, out_dir / "shards", cfg.reshard)
     seconds["reshard"] = time.perf_counter() - start
     summary = {
         "executor": cfg.executor,
-        "workers": min(cfg.workers, cfg.tasks),
+        "workers": 1 if cfg.executor == "slurm" else min(cfg.workers, cfg.tasks),
         "stage_seconds": seconds,
         "stats": stats,
         "documents_out": manifest["documents"],
