@@ -44,6 +44,7 @@ from safetensors import safe_open
 from kamado.atomic import atomic_write_text, fsync_dir
 from kamado.errors import CheckpointError, ConfigError
 from kamado.faults import failpoint
+from kamado.filehash import sha256_file
 from kamado.posttrain.merge_methods import (
     WITH_DENSITY,
     WITH_LAMBDA,
@@ -54,7 +55,7 @@ from kamado.posttrain.merge_methods import (
     combine,
     sparsify,
 )
-from kamado.train.checkpoint import INTEGRITY, _save_tensors, _sha256, find_checkpoint
+from kamado.train.checkpoint import INTEGRITY, _save_tensors, find_checkpoint
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 IGNORED_CONFIG_KEYS = frozenset({"init_std"})  # how the weights started, not what they compute
@@ -104,7 +105,7 @@ def common_tokenizer(inputs: list[Input]) -> Path | None:
     """The inputs' tokenizer folder (the first found), after checking that every input that has one has the same."""
     found = [(inp, d) for inp, d in zip(inputs, map(tokenizer_dir, inputs), strict=True) if d is not None]
     for inp, d in found[1:]:
-        if _sha256(d / "tokenizer.json") != _sha256(found[0][1] / "tokenizer.json"):
+        if sha256_file(d / "tokenizer.json") != sha256_file(found[0][1] / "tokenizer.json"):
             raise ConfigError(
                 f"vocabularies differ: {found[0][1]}/tokenizer.json ({found[0][0].given}) and {d}/tokenizer.json "
                 f"({inp.given}) are not the same tokenizer"
@@ -230,7 +231,7 @@ def _write_merge(
     record = _merge_record(spec, p, inputs, sorted({dtype for _, dtype, _ in layout}))
     atomic_write_text(ckpt / "merge.json", json.dumps(record, indent=1, ensure_ascii=False))
     files = sorted(f.name for f in ckpt.iterdir())
-    integrity = {"files": {n: {"bytes": (ckpt / n).stat().st_size, "sha256": _sha256(ckpt / n)} for n in files}}
+    integrity = {"files": {n: {"bytes": (ckpt / n).stat().st_size, "sha256": sha256_file(ckpt / n)} for n in files}}
     atomic_write_text(ckpt / INTEGRITY, json.dumps(integrity, indent=1))  # last, as save_checkpoint writes it
     if tokenizer is not None:
         shutil.copytree(tokenizer, tmp / "tokenizer")

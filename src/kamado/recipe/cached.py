@@ -20,6 +20,7 @@ from torch import nn
 
 import kamado
 from kamado.completion import clear_record, read_record, write_record
+from kamado.filehash import sha256_file
 
 T = TypeVar("T")
 
@@ -33,12 +34,12 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def files_sha256(paths: Iterable[Path]) -> str:
-    """SHA-256 over the files' names and bytes, in the order given."""
+def files_sha256(paths: Iterable[Path], sha: Callable[[Path], str] = sha256_file) -> str:
+    """SHA-256 over the files' names and SHA-256s (`sha`: a `kamado.filehash.HashCache`'s, say), in the order
+    given."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(f"{Path(p).name}\n".encode())
-        h.update(Path(p).read_bytes())
+        h.update(f"{Path(p).name} {sha(Path(p))}\n".encode())
     return h.hexdigest()
 
 

@@ -3,14 +3,14 @@
 `kamado run` skips a finished stage by its completion record, and resumes training from the last checkpoint. That
 is right for the same command run again; with other source files or tokenizer settings it would mix the old
 tokenizer, shards and weights with the new settings and say nothing. So the first run writes `inputs.json`: the
-SHA-256 of every source and held-out file, and the tokenizer settings when the recipe trains its tokenizer. A
+SHA-256 of every source and held-out file, and the tokenizer settings when the recipe trains its tokenizer (the
+hashes are kept in `checks/file_sha256.json` by size and mtime, so an unchanged file is not read again). A
 later run compares and stops with one line naming what changed (as `kamado corpus run` does for its settings; the
 web corpus's own shards are covered there, the model's shape by the checkpoint, `kamado.train.checkpoint`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,18 +18,24 @@ from typing import Any
 from kamado.atomic import atomic_write_text
 from kamado.config import RunConfig
 from kamado.errors import ConfigError
+from kamado.filehash import HashCache, sha256_file
 
 TOKENIZER_SETTINGS = ("vocab_size", "min_frequency", "max_train_chars")
 
 
-def _file(path: Path) -> str:
-    return f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+def fingerprint(
+    cfg: RunConfig, sources: dict[str, list[Path]], heldout: dict[str, Path], hashes: HashCache | None = None
+) -> dict[str, Any]:
+    """{setting: value} for everything the tokenizer and the shards are made from (a file: its name and SHA-256,
+    hashed again only when its size or mtime changed, `kamado.filehash`)."""
 
+    sha = hashes.sha256 if hashes is not None else sha256_file
 
-def fingerprint(cfg: RunConfig, sources: dict[str, list[Path]], heldout: dict[str, Path]) -> dict[str, Any]:
-    """{setting: value} for everything the tokenizer and the shards are made from."""
-    out: dict[str, Any] = {f"corpus.sources.{k}": [_file(p) for p in files] for k, files in sorted(sources.items())}
-    out |= {f"corpus.heldout.{k}": _file(p) for k, p in sorted(heldout.items())}
+    def file(path: Path) -> str:
+        return f"{path.name} {sha(path)}"
+
+    out: dict[str, Any] = {f"corpus.sources.{k}": [file(p) for p in files] for k, files in sorted(sources.items())}
+    out |= {f"corpus.heldout.{k}": file(p) for k, p in sorted(heldout.items())}
     if not cfg.tokenizer.path:  # a tokenizer the user points at is checked by its hash in the shard records
         out |= {f"tokenizer.{k}": getattr(cfg.tokenizer, k) for k in TOKENIZER_SETTINGS}
     return out

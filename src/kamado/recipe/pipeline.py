@@ -29,6 +29,7 @@ from kamado.errors import ConfigError, DataError
 from kamado.eval.bits_per_char import XzBaseline, model_bits_per_char
 from kamado.eval.pfgen.stage import pfgen_stage
 from kamado.faults import failpoint
+from kamado.filehash import HashCache, sha256_file
 from kamado.recipe import distributed
 from kamado.recipe.cached import cached, files_sha256, weights_sha256
 from kamado.recipe.evaluation import jaster_stage, judge_stage
@@ -100,8 +101,10 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         for p in paths:
             if not p.is_file():
                 raise DataError(f"{p}: file not found (named in {recipe_path}'s [corpus])")
-    inputs = fingerprint(cfg, sources, heldout)  # the files' SHA-256, the tokenizer settings
+    hashes = HashCache(out / "checks" / "file_sha256.json")  # by size and mtime: unchanged files are not read again
+    inputs = fingerprint(cfg, sources, heldout, hashes)  # the files' SHA-256, the tokenizer settings
     check_same_inputs(out, inputs)  # a rerun with other inputs stops here
+    hashes.save()
     summary: dict[str, Any] = {"name": cfg.name, "stage_seconds": {}, "data_rows": [], "train_rows": []}
     stages = Stages(summary)
     t_start = time.perf_counter()
@@ -129,7 +132,7 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
         cfg.model.vocab_size = tok.vocab_size  # the embedding covers exactly the learned vocabulary
 
     # 2. shards ---------------------------------------------------------------------------------------------
-    tok_sha = hashlib.sha256((tok_dir / "tokenizer.json").read_bytes()).hexdigest()
+    tok_sha = sha256_file(tok_dir / "tokenizer.json")
 
     def shard(name: str, files: list[Path]) -> dict[str, Any]:
         dest = out / "data" / name
@@ -206,7 +209,8 @@ def run_recipe(cfg: RunConfig, recipe_path: Path) -> dict[str, Any]:
 
     weights_sha = weights_sha256(model)  # bits/char and the export check are kept for a rerun (recipe.cached)
     web = sources.get(cfg.corpus.warc_source, []) if cfg.corpus.warc_dir else []  # the rest is in `inputs`
-    texts = {"weights": weights_sha, "tokenizer": tok_sha, "inputs": inputs, "web": files_sha256(web)}
+    texts = {"weights": weights_sha, "tokenizer": tok_sha, "inputs": inputs, "web": files_sha256(web, hashes.sha256)}
+    hashes.save()
     checks = out / "checks"
     summary["bits_per_char"] = stages.run(
         "bits/char vs xz",

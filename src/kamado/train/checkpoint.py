@@ -19,7 +19,6 @@ like every other file kamado writes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from kamado.atomic import atomic_write_text, fsync_dir
 from kamado.config import ModelConfig, from_dict
 from kamado.errors import CheckpointError, reraise_disk_error
 from kamado.faults import failpoint
+from kamado.filehash import sha256_file
 from kamado.model.transformer import Transformer
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -61,11 +61,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.chmod(path, 0o666 & ~_umask())  # safetensors creates 0600; kamado's files are all 0644 (less the umask)
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -118,7 +113,7 @@ def write_integrity(folder: Path, fmt: str = "safetensors", hashes: bool = True)
     checkpoint records sizes only (`hashes=False`): hashing terabytes on one rank would take longer than the save."""
     files = sorted(p.name for p in folder.iterdir())
     entries = {
-        n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n) if hashes else None} for n in files
+        n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n) if hashes else None} for n in files
     }
     atomic_write_text(folder / INTEGRITY, json.dumps({"format": fmt, "files": entries}, indent=1))
 
@@ -149,7 +144,7 @@ def add_model_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
     _save_tensors(tensors, folder / "model.safetensors")
     record = json.loads((folder / INTEGRITY).read_text(encoding="utf-8"))
     path = folder / "model.safetensors"
-    record["files"]["model.safetensors"] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    record["files"]["model.safetensors"] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     atomic_write_text(folder / INTEGRITY, json.dumps(record, indent=1))
 
 
@@ -200,7 +195,7 @@ def verify_checkpoint(ckpt: str | Path) -> str | None:
             return f"{name} has {size:,} bytes, {want.get('bytes'):,} were written"
         if want.get("sha256") is None and fmt == "dcp":  # sizes only (see `write_integrity`)
             continue
-        if _sha256(path) != want.get("sha256"):
+        if sha256_file(path) != want.get("sha256"):
             return f"{name} does not match its SHA-256 (the bytes changed after the save)"
     return None
 
