@@ -1,7 +1,10 @@
-"""A real one-node Slurm cluster for the tests: munged, slurmctld and slurmd from Debian's `slurm-wlm`, started in a
-temporary folder on free ports (its own `slurm.conf`, named by SLURM_CONF) and stopped afterwards. `sbatch`,
-`scancel` and job states (`scontrol show job`; no accounting daemon) then work as on a cluster, with this machine
-as its only node. CI installs the package (.ci/run); elsewhere the tests skip, naming what is missing."""
+"""A real two-node Slurm cluster on this one machine for the tests: munged, slurmctld and two slurmd daemons from
+Debian's `slurm-wlm` (`slurmd -N kn1`, `-N kn2`: Slurm's way of emulating nodes, each with half the cores, reached
+at 127.0.0.1 on its own port), started in a temporary folder on free ports (its own `slurm.conf`, named by
+SLURM_CONF) and stopped afterwards. `sbatch --nodes=2`, `srun`, `scancel` and job states (`scontrol show job`; no
+accounting daemon) then work as on a cluster. Credentials live 5 s (`cred_expire`, 120 s by default), which is
+also how long Slurm holds a requeued job back. CI installs the package (.ci/run); elsewhere the tests skip, naming
+what is missing."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel")
+NODES = ("kn1", "kn2")
 
 
 def free_port() -> int:
@@ -76,21 +80,25 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
     key.chmod(0o600)
     socket_path = root / "munge" / "munge.socket"
     host = socket.gethostname().split(".")[0]
+    cpus, mem = max(1, (os.cpu_count() or 2) // 2), _memory_mb() * 4 // 10
+    nodes = "\n".join(
+        f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} CPUs={cpus} RealMemory={mem}"
+        for n in NODES
+    )
     conf = root / "slurm.conf"
     conf.write_text(
         f"""ClusterName=kamado-test
 SlurmctldHost={host}
 SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
 AuthType=auth/munge
-AuthInfo=socket={socket_path}
+AuthInfo=socket={socket_path},cred_expire=5
 SlurmUser=root
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -101,7 +109,7 @@ ReturnToService=2
 MpiDefault=none
 KillWait=30
 MinJobAge=3600
-NodeName={host} CPUs={os.cpu_count()} RealMemory={_memory_mb() * 9 // 10} State=UNKNOWN
+{nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
     )
@@ -123,15 +131,17 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             env=env,
         )
         log = open(root / "log" / "daemons.out", "ab")  # noqa: SIM115 (closed with the daemons)
-        for cmd in (["slurmctld", "-D", "-i"], ["slurmd", "-D"]):
+        for n in NODES:
+            (root / "spool" / n).mkdir()
+        for cmd in (["slurmctld", "-D", "-i"], *(["slurmd", "-D", "-N", n] for n in NODES)):
             exe = shutil.which(cmd[0]) or f"{sbin}/{cmd[0]}"
             procs.append(subprocess.Popen([exe, *cmd[1:]], env=env, stdout=log, stderr=log))
             time.sleep(1)
         slurm = Slurm(root, env)
         deadline = time.monotonic() + 60
-        while "idle" not in slurm.run("sinfo", "-h", "-o", "%t"):
+        while slurm.run("sinfo", "-h", "-N", "-o", "%t").split() != ["idle"] * len(NODES):
             assert all(p.poll() is None for p in procs), (root / "log" / "daemons.out").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the one-node Slurm cluster did not come up in 60 s"
+            assert time.monotonic() < deadline, "the two-node Slurm cluster did not come up in 60 s"
             time.sleep(0.2)
         yield slurm
     finally:

@@ -1,4 +1,5 @@
-"""`slurm/train.sbatch` under a real Slurm: torchrun with 2 gloo ranks on the one node, a time limit's warning
+"""`slurm/train.sbatch` under a real Slurm: one torchrun on each of two nodes, a gloo rank each, meeting at the
+first node's address (c10d rendezvous), a time limit's warning
 (SIGUSR1 to the batch script, as `--signal=B:USR1@120` sends it) mid-run → the ranks save the step in flight, the
 script requeues the job, the job starts again, resumes and finishes with the uninterrupted one-process curve."""
 
@@ -49,14 +50,14 @@ def test_a_time_limit_warning_saves_requeues_and_the_job_finishes_the_curve(slur
         **runs.env(),
         **slurm.env,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # torchrun: the test's own
-        "KAMADO_NPROC_PER_NODE": "2",
+        "KAMADO_NPROC_PER_NODE": "1",
         "KAMADO_RDZV_PORT": str(free_port()),
+        "LOGLEVEL": "INFO",  # torchrun's rendezvous in the job's log, should it ever hang
     }
     log = tmp_path / "job.log"
     job = slurm.sbatch(
         f"--output={log}",
-        "--nodes=1",
-        f"--cpus-per-task={os.cpu_count()}",
+        "--nodes=2",
         str(ROOT / "slurm/train.sbatch"),
         str(runs.config),
         f"--out_dir={out}",
@@ -66,20 +67,15 @@ def test_a_time_limit_warning_saves_requeues_and_the_job_finishes_the_curve(slur
         cwd=tmp_path,
         env=env,
     )
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 120
     while not any(s >= 3 for s in _steps(out)):
         assert slurm.job(job)["JobState"] in ("PENDING", "RUNNING"), log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "training did not reach step 3 in 240 s:\n" + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not reach step 3 in 120 s:\n" + log.read_text()[-3000:]
         time.sleep(0.1)
     slurm.run("scancel", "--batch", "--signal=USR1", str(job))  # what Slurm sends 120 s before the time limit
-    deadline = time.monotonic() + 120
-    while slurm.job(job)["Restarts"] != "1":  # the script requeued it: Slurm holds a requeued job ~2 minutes
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
-    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # as an administrator may: start it now
     state = slurm.wait(job, timeout=300, states=("COMPLETED", "FAILED"))
     text = log.read_text()
-    assert state == "COMPLETED", text[-3000:]
+    assert state == "COMPLETED", f"{state}\n{text[-3000:]}"
     assert slurm.job(job)["Restarts"] == "1", text[-3000:]  # requeued once, by the script
     stopped = [line for line in text.splitlines() if line.startswith("kamado: stopped by SIGTERM after step ")]
     assert len(stopped) == 1, text[-3000:]

@@ -61,7 +61,7 @@ def test_metrics_logger_writes_train_and_validation_rows_and_scalars(tiny_cfg, l
     assert tb["train/mfu"][10] == pytest.approx(train[10]["mfu"], rel=1e-6)
 
 
-def test_progress_bar_shows_the_step_loss_speed_and_stability_events(tiny_cfg, loader_cls, capsys):
+def test_progress_bar_shows_the_step_loss_speed_and_events(tiny_cfg, loader_cls, capsys):
     tiny_cfg.train.steps = 10
     bar = ProgressBar()
     t = _trainer(tiny_cfg, loader_cls, [SpeedMonitor(), bar], val=False)
@@ -72,7 +72,7 @@ def test_progress_bar_shows_the_step_loss_speed_and_stability_events(tiny_cfg, l
     assert bar.progress.tasks[0].completed == 10 and bar.progress.tasks[0].total == 10
     info = bar.progress.tasks[0].fields["info"]
     assert info.startswith("loss ") and " tok/s | MFU " in info and info.endswith("%")
-    assert "stability: {'step': 10, 'event': 'skip_update', 'loss': 9.5}" in out
+    assert "skip_update: {'step': 10, 'loss': 9.5}" in out
 
 
 def test_progress_bar_of_a_resumed_run_starts_at_the_restored_step(tiny_cfg, loader_cls):

@@ -145,7 +145,8 @@ class ProgressBar(Callback):
         self.progress.update(self.task, completed=trainer.step, info=info)
 
     def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None:
-        self.progress.console.print(f"[yellow]{event['event']}: {event}")
+        rest = {k: v for k, v in event.items() if k != "event"}  # stability verdicts, a resume, a stop
+        self.progress.console.print(f"[yellow]{event['event']}: {rest}")
 
     def on_train_end(self, trainer: Trainer) -> None:
         self.progress.stop()
