@@ -101,13 +101,17 @@ class Runs:
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory) -> Runs:
-    root = tmp_path_factory.mktemp("parallel")
+def make_runs(root: Path) -> Runs:
+    """Token shards (train, val) and the config in `root`."""
     _write_source(root / "train", 400, 0)
     _write_source(root / "val", 60, 1)
     (root / "config.toml").write_text(CONFIG.format(out=root / "unused", data=root))
     return Runs(root)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> Runs:
+    return make_runs(tmp_path_factory.mktemp("parallel"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """`kamado corpus run --executor slurm` on a real one-node Slurm cluster: the command submits the stages as job
-arrays, each waiting for the one before, then itself; the shards and the funnel equal those of the local executor,
-and a rerun once everything is done submits nothing."""
+arrays, each waiting for the one before, then itself; the same command again while they are queued is refused; the
+shards and the funnel equal those of the local executor, and a rerun once everything is done submits nothing."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def test_the_corpus_on_slurm_equals_the_local_run(slurm, tmp_path: Path) -> None
     jobs = [int(j) for j in said[1].split(", ")]
     assert len(jobs) == 7  # extract, 5 dedup stages, then the command again
     assert not (out / "shards").exists()  # the submitting process writes no output of its own
+    twice = subprocess.run(on_slurm, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert twice.returncode == 2, twice.stderr[-2000:]  # not while the first submission's jobs are queued
+    assert twice.stderr.strip().splitlines()[-1].startswith(f"kamado: error: {out}: Slurm jobs "), twice.stderr
 
     state = slurm.wait(jobs[-1], timeout=600)
     finish = "".join(p.read_text() for p in (out / "work/logs").glob("finish_*.out"))

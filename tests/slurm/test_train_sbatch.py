@@ -15,7 +15,7 @@ import pytest
 
 from kamado.train import checkpoint as ckpt
 
-from ..parallel.conftest import CONFIG, Runs, _write_source, assert_same_curve
+from ..parallel.conftest import Runs, assert_same_curve, make_runs
 from .conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -35,11 +35,7 @@ def _steps(out: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
-    root = tmp_path_factory.mktemp("slurm-train")
-    _write_source(root / "train", 400, 0)
-    _write_source(root / "val", 60, 1)
-    (root / "config.toml").write_text(CONFIG.format(out=root / "unused", data=root))
-    return Runs(root)
+    return make_runs(tmp_path_factory.mktemp("slurm-train"))
 
 
 def test_a_time_limit_warning_saves_requeues_and_the_job_finishes_the_curve(slurm, runs, tmp_path):

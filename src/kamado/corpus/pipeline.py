@@ -28,7 +28,7 @@ from kamado.atomic import atomic_write_text
 from kamado.corpus.config import CorpusConfig
 from kamado.corpus.report import warnings, write_corpus_report
 from kamado.corpus.reshard import reshard
-from kamado.corpus.slurm import submit_after, task_seconds
+from kamado.corpus.slurm import check_no_jobs_in_flight, record_jobs, submit_after, task_seconds
 from kamado.errors import ConfigError, DataError
 from kamado.faults import failpoint
 
@@ -167,6 +167,8 @@ def run_corpus(
     stats: dict[str, dict[str, dict[str, int]]] = {}
     work = out_dir / "work"
     check_same_settings(cfg, warc_dir, work)
+    if cfg.executor == "slurm":
+        check_no_jobs_in_flight(work)  # a second submission would run the same tasks twice
     submitted: list[Any] = []  # Slurm: each stage's executor, in order (job_id -1: nothing was left to run)
 
     def run_stage(name: str, steps: list[Any], tasks: int) -> None:
@@ -198,6 +200,7 @@ def run_corpus(
     if jobs:
         assert command is not None
         jobs.append(submit_after(cfg, jobs[-1], command, work / "logs"))
+        record_jobs(work, jobs)
         return {"submitted": jobs}
     start = time.perf_counter()
     manifest = reshard(deduped, out_dir / "shards", cfg.reshard)
