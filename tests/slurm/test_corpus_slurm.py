@@ -1,4 +1,4 @@
-"""`kamado corpus run --executor slurm` on a real one-node Slurm cluster: the command submits the stages as job
+"""`kamado corpus run --executor slurm` on a real two-node Slurm cluster: the command submits the stages as job
 arrays, each waiting for the one before, then itself; the same command again while they are queued is refused; the
 shards and the funnel equal those of the local executor, and a rerun once everything is done submits nothing."""
 
