@@ -9,6 +9,7 @@ what is missing."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -25,9 +26,21 @@ NODES = ("kn1", "kn2")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768 and up on Linux). A port the kernel handed out and
+    took back may be handed out again: once srun took the rendezvous port for its own I/O listener, and both
+    torchruns waited on srun's socket forever (LOG.md, session 16)."""
+    rng = random.Random()
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low, high = 20000, int(ephemeral.read_text().split()[0]) if ephemeral.is_file() else 32768
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 def _memory_mb() -> int:
@@ -145,6 +158,13 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.2)
         yield slurm
     finally:
+        if procs:  # a failed test may leave a job running: end it while the daemons can, or it outlives them
+            subprocess.run(["scancel", "--full", "--partition=debug"], env=env, capture_output=True, check=False)
+            deadline = time.monotonic() + 30
+            while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         for p in procs:
             p.terminate()
         for p in procs:
