@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 11 on one CUDA GPU, one command (< 5 min): the distributed trainer (torchrun, FSDP2 on the one GPU,
 # per-block torch.compile) on the `1b` preset — tokens/s and MFU in bf16 and in FP8 (torchao float8, tensorwise
-# and rowwise) — and the loss of FSDP on the GPU against the plain one-process trainer there (float32).
+# and rowwise) — the loss of FSDP on the GPU against the plain one-process trainer there (float32), and how often
+# a step makes the host wait for the GPU (bench/cuda_syncs.py).
 #   OUT=/tmp/out PYTHONPATH=src bash bench/gpu_parallel.sh      (ROWWISE=1, SWEEP=1: more runs, ~1 min each;
 #   with SWEEP=1 the call takes about 7 minutes)
 # On the lent GPU machine torchao is carried as a wheel (.whl/a: 0.18.0, .whl/b: 0.17.0, for an older torch):
@@ -65,6 +66,10 @@ for x, y in zip(a, b):
     print(f"step {x['step']}: loss {x['loss']:.6f} vs {y['loss']:.6f} (rel {abs(x['loss'] - y['loss']) / x['loss']:.1e}), "
           f"grad norm {x['grad_norm']:.6f} vs {y['grad_norm']:.6f}")
 PY
+echo "== 2b. host waits for the GPU per step, counted by CUDA's sync debug mode (one expected; bench/cuda_syncs.py)"
+for L in "$T" "python3 -m kamado.cli train"; do
+  timeout 90 ${L/-m kamado.cli/bench/cuda_syncs.py} $P --out_dir=/tmp/syncs_$RANDOM 2>&1 | grep -A8 "^host waits" || echo "failed: $L"
+done
 [ -n "${ROWWISE:-}" ] && { echo "== 3. FP8 rowwise"; LIMIT=100 mfu fp8_rowwise --parallel.fp8=rowwise; }
 if [ -n "${SWEEP:-}" ]; then  # the levers not yet measured on a GPU (~1 min each): SWEEP=1 bash bench/gpu_parallel.sh
   # 16 x 2048 tokens a step needs ~105 GB by kamado plan's count (activations 40, logits + loss 47, state 18):

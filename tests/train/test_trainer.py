@@ -56,6 +56,42 @@ def test_kill_and_resume_gives_identical_losses(tiny_cfg, loader_cls, tmp_path):
     assert [a[s] for s in range(1, 31)] == [b[s] for s in range(1, 31)]  # bit-identical
 
 
+def test_a_resume_names_the_settings_changed_since_the_checkpoint(tiny_cfg, loader_cls, tmp_path):
+    """Shapes and the data stream may not change (refused before); anything else may, and the resume event in
+    events.jsonl says what did: longer training, another learning rate."""
+    tiny_cfg.train.steps = 10
+    build(tiny_cfg, loader_cls, tmp_path).fit()
+    build(tiny_cfg, loader_cls, tmp_path).fit()  # the same settings: nothing listed
+    lr = tiny_cfg.optim.lr
+    tiny_cfg.train.steps, tiny_cfg.optim.lr = 12, lr / 2
+    build(tiny_cfg, loader_cls, tmp_path).fit()
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e for e in events if e["event"] == "resume"] == [
+        {"step": 10, "event": "resume", "checkpoint": "step_00000010"},
+        {
+            "step": 10,
+            "event": "resume",
+            "checkpoint": "step_00000010",
+            "changed": {"optim.lr": [lr, lr / 2], "train.steps": [10, 12]},
+        },
+    ]
+    assert max(losses(tmp_path)) == 12
+
+
+def test_config_changes_compares_sections_key_by_key_and_lists_whole():
+    from kamado.train.trainer import config_changes
+
+    then = {"a": 1, "s": {"x": 1, "y": [1, 2]}, "gone": 3}
+    now = {"a": 1, "s": {"x": 2, "y": [1, 3]}, "new": {"z": 4}}
+    assert config_changes(then, now) == {
+        "gone": [3, None],
+        "new": [None, {"z": 4}],
+        "s.x": [1, 2],
+        "s.y": [[1, 2], [1, 3]],
+    }
+    assert config_changes(then, then) == {}
+
+
 class _KillAt(Checkpointer):
     def __init__(self, step):
         self.kill_step = step

@@ -36,9 +36,10 @@ def total_grad_norm(params: Iterable[nn.Parameter], pp_group: dist.ProcessGroup 
     return total.sqrt()
 
 
-def clip_grads(params: list[nn.Parameter], max_norm: float, pp_group: dist.ProcessGroup | None) -> float:
-    """Clip in place to `max_norm` (0 = only measure); returns the norm before clipping."""
+def clip_grads(params: list[nn.Parameter], max_norm: float, pp_group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Clip in place to `max_norm` (0 = only measure); returns the norm before clipping, a 0-d tensor on the
+    device (the caller reads it with the step's other values, in one copy)."""
     norm = total_grad_norm(params, pp_group)
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, norm)
-    return float(norm)
+    return norm

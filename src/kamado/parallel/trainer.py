@@ -30,7 +30,13 @@ from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback
 from kamado.train.optim import build_optimizer, lr_at, set_lr
 from kamado.train.stop import STOP_SIGNALS
-from kamado.train.trainer import Batch, BatchLoader, Trainer
+from kamado.train.trainer import Batch, BatchLoader, Trainer, to_device
+
+
+def flag_device(device: torch.device) -> torch.device:
+    """Where a small host-side flag is reduced: on the CPU when the process group reduces CPU tensors (gloo, or
+    kamado's default `cpu:gloo,cuda:nccl` on GPUs), else (a plain NCCL group) on the training device."""
+    return torch.device("cpu") if "cpu:" in dist.get_backend_config() else device
 
 
 class OptimizerGroup:
@@ -92,6 +98,12 @@ class DistributedTrainer(Trainer):
     def checkpoint_state(self) -> dict[str, Any]:
         return {**super().checkpoint_state(), "layout": self.layout.describe()}
 
+    def resume_changes(self, state: dict[str, Any]) -> dict[str, list[Any]]:
+        changed = super().resume_changes(state)
+        if state.get("layout", self.layout.describe()) != self.layout.describe():  # DCP reshards on load
+            changed["layout"] = [state["layout"], self.layout.describe()]
+        return changed
+
     def write_checkpoint(self, state: dict[str, Any]) -> Path:
         return dckpt.save_dcp(
             self.ckpt_dir, self.step, self.stages, self.optimizers, state, self.cfg.checkpoint.keep_last
@@ -125,12 +137,14 @@ class DistributedTrainer(Trainer):
 
     def stop_requested(self) -> str | None:
         """A stop signal any rank has received, on every rank: the save that follows is collective, so all ranks
-        must stop after the same step (one 1-element all-reduce a step)."""
+        must stop after the same step (one 1-element all-reduce a step, over gloo on the host where the
+        process group has a CPU backend, so the GPU never waits for it)."""
         names = [s.name for s in STOP_SIGNALS]
         local = super().stop_requested()
-        code = torch.tensor([names.index(local) + 1 if local else 0], device=self.device)
+        code = torch.tensor([names.index(local) + 1 if local else 0], device=flag_device(self.device))
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
-        return names[int(code) - 1] if int(code) else None
+        agreed = int(code)
+        return names[agreed - 1] if agreed else None
 
     # ---------------------------------------------------------------------------------------------- steps
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -192,7 +206,7 @@ class DistributedTrainer(Trainer):
         x, y = batch[0], batch[1]
         if x.shape[0] == self.cfg.train.batch_size and self.layout.dp > 1:  # a global batch (validation)
             x, y = x[self.rows], y[self.rows]
-        return x.to(self.device), y.to(self.device)
+        return to_device(x, self.device), to_device(y, self.device)
 
     def train_step(self) -> dict[str, Any]:
         lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
@@ -201,15 +215,18 @@ class DistributedTrainer(Trainer):
         self._records = []
         for _ in range(self.cfg.train.grad_accum):
             self._micro_step(*self._batch(self.loader.next_batch()), backward=True)
-        n = max(1, len(self._records))
-        means = [
-            sum(float(getattr(r, key)) for r in self._records) / n for key in ("loss", "ce", "z_loss", "log_z")
-        ]  # log_z: every kamado loss sets it
-        sums = torch.tensor(means, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
-        loss, ce, z, log_z = self._reduced(sums).tolist()
+        keys = ("loss", "ce", "z_loss", "log_z")  # log_z: every kamado loss sets it
+        if self._records:  # the mean over this rank's micro-batches, still on the device
+            rows = [torch.stack([getattr(r, k).detach().reshape(()) for k in keys]) for r in self._records]
+            means = torch.stack(rows).to(torch.float64).mean(0)
+        else:  # a pipeline rank without the last stage: contributes zeros to the reduction
+            means = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
+        reduced = self._reduced(means)  # NCCL reduces device tensors only
         params = [p for s in self.stages for p in s.parameters()]
         norm = clip_grads(params, self.cfg.optim.grad_clip, self.pp_group)
-        grad_norm = norm if math.isfinite(norm) else math.inf
+        # the step's one wait for the device: every logged value and the norm the loop decides on, in one copy
+        loss, ce, z, log_z, norm_value = torch.cat([reduced, norm.reshape(1).to(reduced)]).tolist()
+        grad_norm = norm_value if math.isfinite(norm_value) else math.inf
         return {"loss": loss, "ce": ce, "z_loss": z, "log_z": log_z, "lr": lr, "grad_norm": grad_norm}
 
     @torch.no_grad()

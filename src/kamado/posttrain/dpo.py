@@ -28,7 +28,7 @@ from kamado.model.loss import IGNORE_INDEX
 from kamado.posttrain.config import DPOConfig
 from kamado.posttrain.sft import Encoded, check_messages, encode_conversation
 from kamado.tokenizer.tokenizer import Tokenizer
-from kamado.train.trainer import Trainer
+from kamado.train.trainer import Trainer, host_values
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -218,7 +218,7 @@ class PairLoader:
 class DPOTrainer(Trainer):
     """The run's trainer with the DPO objective; batches are (x, y, reference log-probs) from `PairLoader`."""
 
-    def objective(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         d = self.cfg.dpo
         x, y, ref = batch
         logps = sequence_logps(self.forward(x), y, average=d.loss_type == "ipo")
@@ -226,11 +226,11 @@ class DPOTrainer(Trainer):
         losses, cr, rr = dpo_loss(logps[:P], logps[P:], ref[:P], ref[P:], d.beta, d.label_smoothing, d.loss_type)
         loss = losses.mean()
         return loss, {
-            "loss": float(loss.detach()),
-            "reward_margin": float((cr - rr).mean()),
-            "reward_accuracy": float((cr > rr).float().mean()),
-            "chosen_logps": float(logps[:P].detach().mean()),
-            "rejected_logps": float(logps[P:].detach().mean()),
+            "loss": loss.detach(),
+            "reward_margin": (cr - rr).detach().mean(),
+            "reward_accuracy": (cr > rr).float().mean(),
+            "chosen_logps": logps[:P].detach().mean(),
+            "rejected_logps": logps[P:].detach().mean(),
         }
 
     @torch.no_grad()
@@ -244,4 +244,5 @@ class DPOTrainer(Trainer):
                 rows.append(self.objective(tuple(t.to(self.device) for t in batch))[1])
         if not rows:
             return None
-        return {"step": self.step, **{f"val_{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0]}}
+        means = host_values({k: torch.stack([r[k] for r in rows]).mean() for k in rows[0]})
+        return {"step": self.step, **{f"val_{k}": v for k, v in means.items()}}

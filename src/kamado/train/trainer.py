@@ -53,6 +53,39 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+def config_changes(then: dict[str, Any], now: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """Dotted keys whose values differ between two config dicts (lists, like data.sources, compared whole)."""
+    out: dict[str, list[Any]] = {}
+    for key in sorted(set(then) | set(now)):
+        a, b = then.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(config_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = [a, b]
+    return out
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch tensor onto the training device without waiting for the GPU: a plain `.to("cuda")` of pageable
+    memory synchronises the stream after the copy, so every micro-batch would wait for all the work queued before
+    it. Pinned first (a copy of a few hundred KB), the copy is queued like a kernel."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def host_values(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """A step's metrics as Python floats, the tensors among them copied from the device in one transfer: each
+    `float(t)` of a CUDA tensor waits for the GPU, and one wait per value per micro-batch left the GPU idle while
+    the host caught up. Values that are numbers already pass through."""
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        tensors = [metrics[k].detach().reshape(()).to(torch.float64) for k in keys]  # type: ignore[union-attr]
+        out.update(zip(keys, torch.stack(tensors).tolist(), strict=True))
+    return {k: out[k] for k in metrics}
+
+
 class Trainer:
     def __init__(
         self,
@@ -92,6 +125,7 @@ class Trainer:
         self.pending_spikes: list[str] = []
         self.last_eval: dict[str, Any] | None = None  # the newest validation result (kept in checkpoints)
         self.saved_step = -1  # the step of the checkpoint the state in memory equals (saved or restored)
+        self.restored_state: dict[str, Any] = {}  # the JSON state of the checkpoint restored last
         self.stop_request = StopRequest()  # SIGTERM / SIGUSR1 while `fit` runs
         self.peak_flops = cfg.train.peak_flops
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
@@ -112,6 +146,13 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
 
+    def resume_changes(self, state: dict[str, Any]) -> dict[str, list[Any]]:
+        """The settings this run has that differ from those of the run that saved `state`: {"train.steps": [then,
+        now], ...}. A resume may change what keeps the model's shapes and the data stream (those are refused
+        earlier, `check_same_shape` and the loader); the rest is allowed, and listed in the resume event."""
+        now = json.loads(json.dumps(to_dict(self.cfg)))  # as it would be saved: tuples become lists
+        return config_changes(state.get("config") or {}, now)
+
     def save_checkpoint(self) -> Path:
         path = self.write_checkpoint(self.checkpoint_state())
         self.saved_step = self.step
@@ -129,6 +170,7 @@ class Trainer:
     def restore(self, path: Path) -> None:
         ckpt.check_same_shape(path, self.cfg.model)
         state = self.read_checkpoint(path)
+        self.restored_state = state
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])
         self.monitor.load_state_dict(state["stability"])
@@ -158,16 +200,17 @@ class Trainer:
         x, y, *segments = batch
         return self.forward(x, y, z_loss_coef=z_loss_coef, segments=segments[0] if segments else None)
 
-    def objective(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss to minimise on one micro-batch and its metrics; post-training trainers replace it (DPO)."""
+    def objective(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise on one micro-batch and its metrics (0-d tensors, still on the device: the step
+        reads them all at once, `host_values`); post-training trainers replace it (DPO)."""
         out = self.lm_output(batch, z_loss_coef=self.cfg.train.z_loss)
-        metrics = {"loss": float(out.loss.detach()), "ce": float(out.ce), "z_loss": float(out.z_loss)}
+        metrics = {"loss": out.loss.detach(), "ce": out.ce.detach(), "z_loss": out.z_loss.detach()}
         if out.log_z is not None:
-            metrics["log_z"] = float(out.log_z)
+            metrics["log_z"] = out.log_z.detach()
         return out.loss, metrics
 
-    def forward_backward(self, *batch: torch.Tensor) -> dict[str, float]:
-        batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
+    def forward_backward(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = tuple(to_device(t, self.device) for t in batch)
         with self.autocast():
             loss, metrics = self.objective(batch)
         (loss / self.cfg.train.grad_accum).backward()
@@ -177,14 +220,14 @@ class Trainer:
         lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
         set_lr(self.optimizer, lr)
         self.model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         for _ in range(self.cfg.train.grad_accum):
             for k, v in self.forward_backward(*self.loader.next_batch()).items():
-                sums[k] = sums.get(k, 0.0) + v / self.cfg.train.grad_accum
+                sums[k] = sums[k] + v / self.cfg.train.grad_accum if k in sums else v / self.cfg.train.grad_accum
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-        return {**sums, "lr": lr, "grad_norm": float(norm)}
+        return {**host_values({**sums, "grad_norm": norm}), "lr": lr}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
@@ -226,8 +269,9 @@ class Trainer:
             self.save_checkpoint()  # a rollback target before the first update
         for cb in self.callbacks:
             cb.on_train_start(self)
-        if latest is not None:  # in events.jsonl: which checkpoint each (re)start went on from
-            self._emit({"event": "resume", "checkpoint": latest.name})
+        if latest is not None:  # in events.jsonl: which checkpoint each (re)start went on from, and what changed
+            changed = self.resume_changes(self.restored_state)
+            self._emit({"event": "resume", "checkpoint": latest.name, **({"changed": changed} if changed else {})})
         while self.step < self.cfg.train.steps:
             position = self.loader_position()
             if position in self.skip_positions:
