@@ -82,7 +82,13 @@ def check_no_jobs_in_flight(work: Path) -> None:
         )
     except FileNotFoundError:
         raise ConfigError("executor 'slurm': squeue is not on PATH (run on a Slurm login node)") from None
-    busy = r.stdout.split()  # jobs Slurm has forgotten make squeue complain on stderr: they are not in flight
+    if r.returncode != 0 and "Invalid job id" not in r.stderr:  # forgotten ids alone: exit 1 and that message
+        raise ConfigError(  # an unreachable controller must not read as "nothing in flight": that would submit twice
+            f"could not ask Slurm whether jobs {', '.join(jobs)} of the last submission are still queued or running "
+            f"(squeue: {r.stderr.strip() or f'exit status {r.returncode}'}); run the same command again once "
+            "squeue answers"
+        )
+    busy = r.stdout.split()  # jobs Slurm has ended or forgotten are not listed: they are not in flight
     if busy:
         raise ConfigError(
             f"{work.parent}: Slurm jobs {', '.join(busy)} of the last submission are still queued or running; wait "
