@@ -316,3 +316,27 @@ def test_clueweb_near_duplicate_shop_pages_collapse(web_data: Path, tmp_path: Pa
     # datatrove's plain LSH (no check) chains the template-sharing pages into one or two clusters (24 vs 2 pages)
     unchecked, _ = run_dedup(DedupConfig(threshold=0), data, tmp_path / "unchecked", tasks=1)
     assert len(unchecked) < len(kept) / 2
+
+
+def test_an_empty_extraction_is_an_error_locally_and_nothing_to_keep_on_slurm(tmp_path):
+    """On Slurm the dedup stages are submitted before extraction runs, so they must get through an extraction
+    that kept nothing (all four stages, exact and MinHash); elsewhere no input files means a wrong folder."""
+    from kamado.corpus.reshard import ReshardConfig, reshard
+    from kamado.errors import DataError
+
+    (tmp_path / "extracted").mkdir()
+    cfg = DedupConfig()
+    with pytest.raises(DataError, match=r"no \*\.jsonl\.gz files to deduplicate"):
+        run_dedup(cfg, tmp_path / "extracted", tmp_path / "local", 2)
+    stages = dedup_stages(cfg, str(tmp_path / "extracted"), str(tmp_path / "w"), str(tmp_path / "kept"), 2, True)
+    assert [name for name, _, _ in stages] == [
+        "dedup_signatures",
+        "dedup_exact_duplicates",
+        "dedup_minhash_buckets",
+        "dedup_minhash_clusters",
+        "dedup_filter",
+    ]
+    for name, steps, n in stages:
+        LocalPipelineExecutor(steps, tasks=n, workers=1, logging_dir=str(tmp_path / "logs" / name)).run()
+    assert read_kept(tmp_path / "kept") == []
+    assert reshard(tmp_path / "kept", tmp_path / "shards", ReshardConfig())["documents"] == 0

@@ -277,10 +277,19 @@ class DuplicateFilter(PipelineStep):
 
 class OrderedJsonlReader(JsonlReader):
     """datatrove's JsonlReader, except that rank r of W reads the contiguous run files[r·F/W : (r+1)·F/W] of the F
-    sorted files (datatrove strides, files[r::W]): then (rank, index) is (file, line) order for every W."""
+    sorted files (datatrove strides, files[r::W]): then (rank, index) is (file, line) order for every W.
+
+    No files is an error (a wrong folder), unless `empty_ok`: on Slurm the dedup stages are submitted before
+    extraction runs and start only once it has succeeded, so no files there means every page was dropped."""
+
+    def __init__(self, *args: Any, empty_ok: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.empty_ok = empty_ok
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         files = self.data_folder.list_files(recursive=self.recursive, glob_pattern=self.glob_pattern)
+        if not files and self.empty_ok:
+            return
         if not files:
             raise DataError(f"{self.data_folder.path}: no {self.glob_pattern} files to deduplicate")
         n = len(files)
@@ -289,13 +298,16 @@ class OrderedJsonlReader(JsonlReader):
             yield doc
 
 
-def dedup_stages(cfg: DedupConfig, input_folder: str, work_folder: str, output_folder: str, tasks: int) -> list[Stage]:
+def dedup_stages(
+    cfg: DedupConfig, input_folder: str, work_folder: str, output_folder: str, tasks: int, empty_ok: bool = False
+) -> list[Stage]:
     """The dedup stages in order, as (name, steps, tasks), to run one after the other (one `executor.run()` each).
 
     Reads `input_folder/*.jsonl.gz` (datatrove JsonlWriter output) twice, in the first and last stage, and
     writes the kept documents to `output_folder/${rank}.jsonl.gz`. `work_folder` holds the intermediate files and
     must be fresh for each run: files left by a run with another `tasks` would be read as well
-    (`kamado.corpus.pipeline.check_same_settings` refuses such a restart)."""
+    (`kamado.corpus.pipeline.check_same_settings` refuses such a restart). `empty_ok`: an empty `input_folder` is
+    a corpus with nothing left (see `OrderedJsonlReader`), not an error."""
     cfg.validate()
     if not 1 <= tasks <= _PRIORITY_MAX:
         raise ConfigError(f"dedup tasks = {tasks}: must be in 1..{_PRIORITY_MAX}")
@@ -304,7 +316,7 @@ def dedup_stages(cfg: DedupConfig, input_folder: str, work_folder: str, output_f
     minhash_sigs, buckets, clusters = f"{work}/minhash_signatures", f"{work}/buckets", f"{work}/clusters"
 
     def reader() -> OrderedJsonlReader:
-        return OrderedJsonlReader(input_folder, glob_pattern="*.jsonl.gz", add_file_path=False)
+        return OrderedJsonlReader(input_folder, glob_pattern="*.jsonl.gz", add_file_path=False, empty_ok=empty_ok)
 
     signature_steps: list[Any] = []
     later: list[Stage] = []

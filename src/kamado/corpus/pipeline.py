@@ -194,7 +194,8 @@ def run_corpus(
     if cfg.executor == "slurm" or any((work / "extracted").glob("*.jsonl.gz")):
         from kamado.corpus.dedup import dedup_stages
 
-        for stage in dedup_stages(cfg.dedup, str(work / "extracted"), str(work / "dedup"), str(deduped), cfg.tasks):
+        folders = str(work / "extracted"), str(work / "dedup"), str(deduped)
+        for stage in dedup_stages(cfg.dedup, *folders, cfg.tasks, empty_ok=cfg.executor == "slurm"):
             run_stage(*stage)
     jobs = [int(e.job_id) for e in submitted if e.job_id not in (None, -1)]
     if jobs:
