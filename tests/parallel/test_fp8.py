@@ -1,4 +1,5 @@
-"""FP8 training (torchao float8, emulated on the CPU) on two FSDP ranks stays close to bf16 on the first steps."""
+"""FP8 training (torchao float8, emulated on the CPU) on FSDP and tensor-parallel ranks stays close to bf16 on the
+first steps."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ def bf16(runs):
     return runs.metrics(out)
 
 
-MODES = {
-    "tensorwise": ["--parallel.fp8=tensorwise"],
-    "rowwise": ["--parallel.fp8=rowwise"],
+MODES = {  # (ranks, settings)
+    "tensorwise": (2, ["--parallel.fp8=tensorwise"]),
+    "rowwise": (2, ["--parallel.fp8=rowwise"]),
     # FSDP2 gathers FP8 weights; their scales precomputed after each optimizer step
-    "tensorwise-all-gather": ["--parallel.fp8=tensorwise", "--parallel.fp8_all_gather=true"],
+    "tensorwise-all-gather": (2, ["--parallel.fp8=tensorwise", "--parallel.fp8_all_gather=true"]),
+    # tensor parallel: the scales are those of the whole tensors (DTensor amaxes reduce over the shards)
+    "tensorwise-tp2": (2, ["--parallel.fp8=tensorwise", "--parallel.tp=2"]),
+    "tensorwise-all-gather-fsdp2-tp2": (
+        4,
+        ["--parallel.fp8=tensorwise", "--parallel.fp8_all_gather=true", "--parallel.tp=2", "--parallel.dp_shard=2"],
+    ),
 }
 
 
@@ -24,7 +31,8 @@ MODES = {
 def test_fp8_trains_within_1_percent_of_bf16(runs, bf16, mode):
     """Tolerance: each step's loss within 1 % of the bf16 run's (observed: ~0.1 %); and it does train."""
     out = runs.root / f"fp8-{mode}"
-    runs.train(out, "--train.dtype=bf16", *MODES[mode], "--parallel.fp8_emulate=true", nproc=2)
+    nproc, settings = MODES[mode]
+    runs.train(out, "--train.dtype=bf16", *settings, "--parallel.fp8_emulate=true", nproc=nproc)
     got = [r for r in runs.metrics(out) if "loss" in r]
     want = [r for r in bf16 if "loss" in r]
     assert len(got) == len(want) == 4

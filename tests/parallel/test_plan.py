@@ -234,7 +234,8 @@ def test_search_keeps_only_layouts_the_trainer_runs_and_breaks_ties_by_memory():
         assert (round(a.tokens_per_s, 3), -a.memory.total) >= (round(b.tokens_per_s, 3), -b.memory.total)
     assert any(a.tokens_per_s == b.tokens_per_s for a, b in pairs)  # ties do happen
     fp8 = search(cfg, replace(req, fp8="tensorwise"))
-    assert {p.layout.tp for p in fp8} == {1}  # parallelize refuses FP8 with tensor parallelism
+    assert {p.layout.tp for p in fp8} == {1, 2, 4, 8}  # FP8 composes with tensor parallelism (tests/parallel/test_fp8)
+    assert fp8[0].tokens_per_s > plans[0].tokens_per_s  # the linears' share of the FLOPs at the FP8 peak
 
 
 def test_sequence_parallel_divides_all_but_the_gathered_linear_inputs():

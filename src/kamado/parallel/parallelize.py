@@ -18,7 +18,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from kamado.config import RunConfig
-from kamado.errors import ConfigError
 from kamado.model.transformer import Transformer
 from kamado.parallel.fused import add_ungroup_hooks, group_weights
 from kamado.parallel.mesh import Layout
@@ -108,8 +107,6 @@ def _reshard(mode: str, default: bool) -> bool:
 def build_stages(cfg: RunConfig, layout: Layout) -> list[ModelStage]:
     """This rank's model stages, parallelized and on its device."""
     p = cfg.parallel
-    if p.fp8 != "none" and p.tp > 1:
-        raise ConfigError("parallel.fp8 with parallel.tp > 1 is not supported yet: use tp = 1 with FP8")
     torch.manual_seed(cfg.train.seed)
     if p.meta_init:
         with torch.device("meta"):

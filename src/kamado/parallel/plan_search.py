@@ -126,8 +126,6 @@ def _meshes(cfg: ModelConfig, req: PlanRequest) -> Iterator[tuple[int, int, int,
     for tp in _divisors(min(n, req.gpus_per_node)):
         if n % tp or _tp_ok(cfg, tp) is not None:
             continue
-        if tp > 1 and req.fp8 != "none":  # kamado.parallel.parallelize: FP8 with tensor parallelism is refused
-            continue
         for pp in _divisors(n // tp):
             if cfg.n_layers % pp:
                 continue
