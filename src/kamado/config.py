@@ -209,6 +209,9 @@ class CheckpointConfig:
     every: int = 200  # steps; 0 = only at the end
     keep_last: int = 3
     resume: bool = True  # continue from the newest checkpoint in the run folder
+    # torchrun runs (DCP): copy the state to host memory, then write it in a background thread while training
+    # goes on; the checkpoint is sealed once every rank's shards are on disk. One-process runs save synchronously.
+    async_save: bool = False
 
     def validate(self) -> None:
         check_fields(self, "checkpoint", every=NON_NEGATIVE, keep_last=NON_NEGATIVE)  # 0: at the end only; keep all

@@ -74,17 +74,85 @@ def test_a_rank_killed_mid_save_resumes_from_the_last_complete_checkpoint(runs, 
     assert_same_curve(runs.metrics(out), runs.metrics(single), what="after the kill")
 
 
-def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step(runs, single):
+@pytest.mark.parametrize("save", ["sync", "async"])
+def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step(runs, single, save):
     """SIGTERM reaches rank 1 alone during step 3 (not a checkpoint step): both ranks stop after step 3 and save it
-    together (a rank that went on alone would hang in its next collective); the relaunch finishes the curve."""
-    out = runs.root / "stopped"
+    together (a rank that went on alone would hang in its next collective); the relaunch finishes the curve. With
+    async saves the stop waits for the background write and seals it before exiting."""
+    out = runs.root / f"stopped-{save}"
     env = runs.env(KAMADO_FAILPOINT="train.before_eval:3@sigterm", KAMADO_FAILPOINT_RANK="1")
-    r = runs.train(out, "--parallel.dp_shard=2", nproc=2, env=env, check=False, timeout=180)  # 13 s here
+    layout = ("--parallel.dp_shard=2", f"--checkpoint.async_save={save == 'async'}".lower())
+    r = runs.train(out, *layout, nproc=2, env=env, check=False, timeout=180)  # 13 s here
     assert r.returncode != 0, r.stderr[-3000:]  # torchrun reports the workers' status 75 as a failure
     assert "kamado: stopped by SIGTERM after step 3 (saved " in r.stderr, r.stderr[-3000:]
     root = out / "checkpoints"
     assert ckpt.latest_checkpoint(root) == root / "step_00000003"  # sealed: every rank wrote its shards
     assert json.loads((root / "step_00000003/state.json").read_text())["step"] == 3
     assert max(x["step"] for x in runs.metrics(out)) == 3
-    runs.train(out, "--parallel.dp_shard=2", nproc=2)  # the relaunch
+    runs.train(out, *layout, nproc=2)  # the relaunch
     assert_same_curve(runs.metrics(out), runs.metrics(single), what="after the stop")
+
+
+def test_an_async_save_holds_its_steps_state_while_training_goes_on(runs, single, tmp_path):
+    """checkpoint.async_save: the state is copied to host memory, then written in a background thread while the
+    next steps train. The step-2 checkpoint holds step 2's weights (not those of the steps trained while it was
+    written), is sealed like a synchronous one, and a resume from it finishes the curve."""
+    out = runs.root / "async"
+    async_save = ("--parallel.dp_shard=2", "--checkpoint.async_save=true")
+    runs.train(out, *async_save, nproc=2)
+    assert_same_curve(runs.metrics(out), runs.metrics(single), what="async saves")
+    root = out / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004"]
+    assert ckpt.verify_checkpoint(root / "step_00000002") is None
+    got = load_file(str(consolidate(root / "step_00000002", tmp_path / "one") / "model.safetensors"))
+    want = load_file(str(single / "checkpoints/step_00000002/model.safetensors"))
+    for name in want:  # an AdamW step moves weights by ~lr = 3e-3: a later step's weights would fail this
+        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=0)
+    resumed = _from_step_2(runs, out, "async-resumed")
+    runs.train(resumed, *async_save, nproc=2)
+    assert_same_curve(runs.metrics(resumed), runs.metrics(single), what="resumed from an async save")
+
+
+def test_a_rank_killed_while_an_async_save_is_written_resumes_from_the_save_before(runs, single):
+    out = runs.root / "async-killed"
+    env = runs.env(KAMADO_FAILPOINT="parallel.after_async_save_started:2", KAMADO_FAILPOINT_RANK="1")
+    async_save = ("--parallel.dp_shard=2", "--checkpoint.async_save=true")
+    r = runs.train(out, *async_save, nproc=2, env=env, check=False, timeout=180)
+    assert r.returncode != 0 and "SIGKILL" in r.stderr, r.stderr[-3000:]
+    root = out / "checkpoints"
+    assert not (root / "step_00000004").exists()  # never sealed
+    assert ckpt.latest_checkpoint(root) == root / "step_00000002"
+    runs.train(out, *async_save, nproc=2)  # the relaunch
+    assert not (root / "step_00000004.tmp").exists()
+    assert_same_curve(runs.metrics(out), runs.metrics(single), what="after a kill during an async save")
+
+
+def test_an_async_save_writes_the_weights_of_when_it_started(tmp_path):
+    """In process, one gloo rank: the weights change right after the save starts (as the next optimizer step
+    would), yet the sealed checkpoint holds the old ones; until `finish` nothing is sealed under the final name."""
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    from kamado.parallel.checkpoint import AsyncSaves
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = nn.Linear(256, 256)
+        opt = torch.optim.AdamW(model.parameters())
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        saves = AsyncSaves()
+        final = saves.start(tmp_path / "ckpt", 7, [model], [opt], {"note": "x"}, keep_last=0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        saves.finish()
+        assert ckpt.verify_checkpoint(final) is None and json.loads((final / "state.json").read_text())["step"] == 7
+        saved = {k: torch.zeros_like(v) for k, v in before.items()}
+        torch.distributed.checkpoint.load({"model": saved}, checkpoint_id=str(final))
+        for k, v in before.items():
+            torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
+        assert not torch.equal(get_model_state_dict(model)["weight"], before["weight"])
+    finally:
+        dist.destroy_process_group()

@@ -78,6 +78,71 @@ def save_dcp(
     keep_last: int,
 ) -> Path:
     """Collective: every rank calls it. Returns the published folder."""
+    final, tmp = _prepare(root, step)
+    with_optim = _has_state(optimizers)  # a step-0 save (the first rollback target) has no AdamW state yet
+    dcp.save(_app_state(stages, optimizers, with_optim), checkpoint_id=str(tmp))
+    failpoint("parallel.after_dcp_save")
+    dist.barrier()  # every rank's shards are on disk before the folder is sealed
+    if dist.get_rank() == 0:
+        _seal(root, tmp, final, {"step": step, "optimizer": with_optim, **state}, keep_last)
+    dist.barrier()
+    return final
+
+
+class AsyncSaves:
+    """DCP saves written in the background (`checkpoint.async_save`), sealed by rank 0 once written.
+
+    `dcp.async_save` copies this rank's state to host memory (so training may change the weights at once), then
+    plans and writes it in a background thread, with the collectives on a process group of its own: sharing the
+    training's group from two threads would interleave their collectives. DCP ends a save with a gather of every
+    rank's write results to rank 0, which writes `.metadata`; so once rank 0's save is done, every shard is on
+    disk, and rank 0 alone seals the folder (state.json, the integrity record, the rename, keep-last) between
+    two steps, as the synchronous save does after its barrier. Until then the folder is `step_N.tmp`: a kill
+    leaves it unsealed, and the relaunch resumes from the save before. One save at a time: the next one, a stop,
+    a rollback and the end of training first wait for it (`finish`)."""
+
+    def __init__(self) -> None:
+        self.group = dist.new_group(backend="gloo")  # collective: every rank builds it
+        self.pending: tuple[Any, Path, Path, dict[str, Any], int] | None = None  # (future, tmp, final, state, keep)
+
+    def start(
+        self,
+        root: Path,
+        step: int,
+        stages: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        state: dict[str, Any],
+        keep_last: int,
+    ) -> Path:
+        """Collective: every rank calls it. Returns the folder the save will be sealed as."""
+        self.finish()
+        final, tmp = _prepare(root, step)
+        with_optim = _has_state(optimizers)
+        future = dcp.async_save(
+            _app_state(stages, optimizers, with_optim), checkpoint_id=str(tmp), process_group=self.group
+        )
+        failpoint("parallel.after_async_save_started")
+        self.pending = (future, tmp, final, {"step": step, "optimizer": with_optim, **state}, keep_last)
+        return final
+
+    def poll(self) -> None:
+        """Between steps: seal the pending save if its write has ended (rank 0; never waits)."""
+        if self.pending is not None and self.pending[0].done():
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the pending save (every rank, its own write) and seal it (rank 0). A failed write raises here."""
+        if self.pending is None:
+            return
+        future, tmp, final, state, keep_last = self.pending
+        self.pending = None
+        future.result()
+        if dist.get_rank() == 0:
+            _seal(root=final.parent, tmp=tmp, final=final, state=state, keep_last=keep_last)
+
+
+def _prepare(root: Path, step: int) -> tuple[Path, Path]:
+    """Collective: a fresh `step_N.tmp` (rank 0 makes it; the barrier lets the others write into it)."""
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
     if dist.get_rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
@@ -85,16 +150,13 @@ def save_dcp(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
-    with_optim = _has_state(optimizers)  # a step-0 save (the first rollback target) has no AdamW state yet
-    dcp.save(_app_state(stages, optimizers, with_optim), checkpoint_id=str(tmp))
-    failpoint("parallel.after_dcp_save")
-    dist.barrier()  # every rank's shards are on disk before the folder is sealed
-    if dist.get_rank() == 0:
-        state = {"step": step, "optimizer": with_optim, **state}
-        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
-        ckpt.publish(root, tmp, final, keep_last, fmt="dcp", hashes=False)
-    dist.barrier()
-    return final
+    return final, tmp
+
+
+def _seal(root: Path, tmp: Path, final: Path, state: dict[str, Any], keep_last: int) -> None:
+    """Rank 0, once every rank's shards are written: the JSON state, the integrity record, the rename."""
+    atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
+    ckpt.publish(root, tmp, final, keep_last, fmt="dcp", hashes=False)
 
 
 def load_dcp(path: Path, stages: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, Any]:

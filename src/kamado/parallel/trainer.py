@@ -77,6 +77,7 @@ class DistributedTrainer(Trainer):
         self.optimizers = [build_optimizer(s, cfg.optim) for s in self.stages]
         self.optimizer = OptimizerGroup(self.optimizers, self._fp8_scales)  # type: ignore[assignment]  # for the loop
         self.init_loop(cfg, loader, out_dir, val_batches, callbacks)
+        self.async_saves = dckpt.AsyncSaves() if cfg.checkpoint.async_save else None
         self.world_size = dist.get_world_size()
         self.tp_group = layout.group("tp") if layout.tp > 1 else None
         self.pp_group = layout.group("pp") if layout.pp > 1 else None
@@ -105,9 +106,18 @@ class DistributedTrainer(Trainer):
         return changed
 
     def write_checkpoint(self, state: dict[str, Any]) -> Path:
-        return dckpt.save_dcp(
-            self.ckpt_dir, self.step, self.stages, self.optimizers, state, self.cfg.checkpoint.keep_last
-        )
+        args = (self.ckpt_dir, self.step, self.stages, self.optimizers, state, self.cfg.checkpoint.keep_last)
+        if self.async_saves is not None:
+            return self.async_saves.start(*args)
+        return dckpt.save_dcp(*args)
+
+    def poll_saves(self) -> None:
+        if self.async_saves is not None:
+            self.async_saves.poll()
+
+    def finish_saves(self) -> None:
+        if self.async_saves is not None:
+            self.async_saves.finish()
 
     def read_checkpoint(self, path: Path) -> dict[str, Any]:
         state = dckpt.load_dcp(path, self.stages, self.optimizers)
@@ -130,7 +140,9 @@ class DistributedTrainer(Trainer):
         dist.barrier()
 
     def latest_checkpoint(self, quarantine: bool = False) -> Path | None:
-        """Rank 0 chooses (and quarantines); every rank then loads the same folder."""
+        """Rank 0 chooses (and quarantines); every rank then loads the same folder. A save still being written
+        is completed first: it may be the newest."""
+        self.finish_saves()
         found = [ckpt.latest_checkpoint(self.ckpt_dir, quarantine) if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(found, src=0)  # a path string, never untrusted bytes
         return found[0]

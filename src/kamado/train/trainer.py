@@ -153,6 +153,13 @@ class Trainer:
         now = json.loads(json.dumps(to_dict(self.cfg)))  # as it would be saved: tuples become lists
         return config_changes(state.get("config") or {}, now)
 
+    def poll_saves(self) -> None:
+        """Between steps: complete a checkpoint written in the background whose write has ended (DCP, async)."""
+
+    def finish_saves(self) -> None:
+        """Wait for a checkpoint still being written in the background, and complete it. The one-process trainer
+        writes its checkpoints before `save_checkpoint` returns."""
+
     def save_checkpoint(self) -> Path:
         path = self.write_checkpoint(self.checkpoint_state())
         self.saved_step = self.step
@@ -315,17 +322,20 @@ class Trainer:
                         cb.on_eval_end(self, result)
             for cb in self.callbacks:  # after the evaluation, so a checkpoint never precedes its step's eval
                 cb.on_step_complete(self)
+            self.poll_saves()
             stop = self.stop_requested() if self.step < self.cfg.train.steps else None
             if stop is not None:
                 self.stop(stop)
         for cb in self.callbacks:
             cb.on_train_end(self)
+        self.finish_saves()  # the final checkpoint, if it is still being written
         return {"step": self.step, "eval": self.last_eval}
 
     def stop(self, signal_name: str) -> None:
         """End the run after this step: its checkpoint (unless just saved), an event in the logs, `Stopped`."""
         if self.saved_step != self.step:
             self.save_checkpoint()
+        self.finish_saves()
         self._emit({"event": "stopped", "signal": signal_name})
         for cb in self.callbacks:  # the loop ends here: logs closed, progress bar stopped (nothing left to save)
             cb.on_train_end(self)
