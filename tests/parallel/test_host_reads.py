@@ -44,17 +44,23 @@ class ReadsPerStep(Callback):
 
 def _config(runs, tmp_path, *extra: str):
     overrides = [f"--out_dir={tmp_path / 'run'}", "--train.steps=5", "--train.grad_accum=2", "--checkpoint.every=0"]
-    cfg = load_config(runs.config, [*overrides, "--train.eval_every=0", "--stability.enabled=true", *extra])
-    cfg.data.val_sources = []
-    return cfg
+    return load_config(runs.config, [*overrides, "--train.eval_every=0", "--stability.enabled=true", *extra])
 
 
 def _count(trainer) -> list[int]:
+    """Reads per training step; then the reads of one evaluation on two batches (one: it was two per batch)."""
     mode = HostReads()
     reads = ReadsPerStep(mode)
     trainer.callbacks = [reads]
+    val_batches, trainer.val_batches = trainer.val_batches, None
     with mode:
         trainer.fit()
+    trainer.val_batches = val_batches
+    assert len(list(val_batches())) == 2
+    before = mode.count
+    with mode:
+        assert trainer.evaluate()["val_ce"] > 0
+    assert mode.count - before == 1
     return reads.per_step()
 
 

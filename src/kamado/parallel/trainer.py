@@ -30,7 +30,7 @@ from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback
 from kamado.train.optim import build_optimizer, lr_at, set_lr
 from kamado.train.stop import STOP_SIGNALS
-from kamado.train.trainer import Batch, BatchLoader, Trainer, to_device
+from kamado.train.trainer import Batch, BatchLoader, Trainer, to_device, token_weighted
 
 
 def flag_device(device: torch.device) -> torch.device:
@@ -254,9 +254,7 @@ class DistributedTrainer(Trainer):
             self._records = []
             self._micro_step(x, y, backward=False)
             for r in self._records:
-                total += torch.tensor(
-                    [float(r.ce) * r.num_tokens, r.num_tokens], dtype=torch.float64, device=self.device
-                )
+                total += token_weighted(r).to(self.device)
         if self.pp_group is not None:
             dist.all_reduce(total, group=self.pp_group)
         dist.all_reduce(total, group=self.layout.dp_group)

@@ -65,6 +65,13 @@ def config_changes(then: dict[str, Any], now: dict[str, Any], prefix: str = "") 
     return out
 
 
+def token_weighted(out: LossOutput) -> torch.Tensor:
+    """[mean CE · scored tokens, scored tokens] of one batch, in float64, where the loss was computed: summed
+    over batches and divided at the end, it is the mean over all tokens, without a wait per batch."""
+    count = out.token_count.to(device=out.ce.device, dtype=torch.float64)
+    return torch.stack([out.ce.detach().to(torch.float64) * count, count])
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A batch tensor onto the training device without waiting for the GPU: a plain `.to("cuda")` of pageable
     memory synchronises the stream after the copy, so every micro-batch would wait for all the work queued before
@@ -241,12 +248,12 @@ class Trainer:
         if self.val_batches is None:
             return None
         self.model.eval()
-        total, n = 0.0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # Σ ce·tokens, Σ tokens: read once, below
         for batch in self.val_batches():  # the factory decides how many batches (train.eval_batches per source)
             with self.autocast():
-                out = self.lm_output(tuple(t.to(self.device) for t in batch))
-            total += float(out.ce) * out.num_tokens
-            n += out.num_tokens
+                out = self.lm_output(tuple(to_device(t, self.device) for t in batch))
+            sums += token_weighted(out).to(self.device)
+        total, n = sums.tolist()
         if n == 0:
             return None
         return {"step": self.step, "val_ce": total / n, "val_ppl": math.exp(min(total / n, 50.0))}
