@@ -18,8 +18,8 @@ MODES = {  # (ranks, settings)
     "rowwise": (2, ["--parallel.fp8=rowwise"]),
     # FSDP2 gathers FP8 weights; their scales precomputed after each optimizer step
     "tensorwise-all-gather": (2, ["--parallel.fp8=tensorwise", "--parallel.fp8_all_gather=true"]),
-    # tensor parallel: the scales are those of the whole tensors (DTensor amaxes reduce over the shards)
-    "tensorwise-tp2": (2, ["--parallel.fp8=tensorwise", "--parallel.tp=2"]),
+    # tensor parallel (the scales are those of the whole tensors: DTensor amaxes reduce over the shards), with
+    # FSDP2 gathering FP8 weights sharded on a 2-D mesh
     "tensorwise-all-gather-fsdp2-tp2": (
         4,
         ["--parallel.fp8=tensorwise", "--parallel.fp8_all_gather=true", "--parallel.tp=2", "--parallel.dp_shard=2"],
