@@ -4,7 +4,7 @@
 # and rowwise) — the loss of FSDP on the GPU against the plain one-process trainer there (float32), and how often
 # a step makes the host wait for the GPU (bench/cuda_syncs.py).
 #   OUT=/tmp/out PYTHONPATH=src bash bench/gpu_parallel.sh      (ROWWISE=1, SWEEP=1: more runs, ~1 min each;
-#   with SWEEP=1 the call takes about 7 minutes)
+#   with SWEEP=1 the call takes about 8 minutes, under the device's 10-minute limit per call)
 # On the lent GPU machine torchao is carried as a wheel (.whl/a: 0.18.0, .whl/b: 0.17.0, for an older torch):
 #   pip download --no-deps -d .whl/a torchao==0.18.0; pip download --no-deps -d .whl/b torchao==0.17.0
 # (.whl/ is git-ignored here; pass carry=[".whl"] to the device tool).
