@@ -354,3 +354,24 @@ def test_rollback_needs_max_spikes_in_a_row():
     assert verdicts == ["ok", "skip", "skip", "ok", "skip", "skip", "rollback", "skip", "skip", "rollback"]
     fresh = monitor(max_spikes=3)  # a non-finite loss is a spike even before min_history
     assert [fresh.check(math.nan).value for _ in range(3)] == ["skip", "skip", "rollback"]
+
+
+def test_a_steps_logged_metrics_are_the_float64_mean_of_its_micro_batches(tiny_cfg, loader_cls, tmp_path):
+    """The micro-batches' metrics stay on the device until the step reads them all at once (`host_values`); the
+    mean is still taken in float64, as when each was read as a Python float."""
+    tiny_cfg.train.grad_accum = 3
+    trainer = make_trainer(tiny_cfg, loader_cls(64, 4, 16), tmp_path)
+    seen: list[dict[str, float]] = []
+    inner = trainer.forward_backward
+
+    def recording(*batch):
+        metrics = inner(*batch)
+        seen.append({k: float(v) for k, v in metrics.items()})
+        return metrics
+
+    trainer.forward_backward = recording
+    logged = trainer.train_step()
+    assert len(seen) == 3
+    for key in ("loss", "ce", "z_loss", "log_z"):
+        assert logged[key] == sum(m[key] / 3 for m in seen), key  # exact: the same float64 operations
+    assert logged["grad_norm"] > 0

@@ -234,10 +234,11 @@ class Trainer:
         lr = lr_at(self.step, self.cfg.train.steps, self.cfg.optim.lr, self.cfg.schedule)
         set_lr(self.optimizer, lr)
         self.model.train()
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor | float] = {}  # the micro-batches' mean, in float64 (tensors stay on the device)
         for _ in range(self.cfg.train.grad_accum):
             for k, v in self.forward_backward(*self.loader.next_batch()).items():
-                sums[k] = sums[k] + v / self.cfg.train.grad_accum if k in sums else v / self.cfg.train.grad_accum
+                part = (v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else v) / self.cfg.train.grad_accum
+                sums[k] = sums[k] + part if k in sums else part
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
