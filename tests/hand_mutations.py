@@ -216,7 +216,12 @@ PLANNER = [
         "if pp > 1 and m < pp:",
         "if pp > 1 and m < 1:",
     ),
-    ("planner: FP8 with tensor parallelism searched", _SEARCH, 'if tp > 1 and req.fp8 != "none":', "if False:"),
+    (
+        "planner: FP8 layouts without tensor parallelism",
+        _SEARCH,
+        "if n % tp or _tp_ok(cfg, tp) is not None:",
+        'if n % tp or _tp_ok(cfg, tp) is not None or (tp > 1 and req.fp8 != "none"):',
+    ),
     (
         "planner: reshard=never keeps only the blocks",
         _MEMORY,
@@ -245,6 +250,120 @@ PLANNER = [
 ]
 MUTATIONS += [(name, file, a, b, ["tests/parallel/test_plan.py"]) for name, file, a, b in PLANNER]
 
+# Session 17's code (one wait for the device per step, DCP saves in the background, resume events, the Slurm guard
+# and empty extractions). Their tests are mostly `slow` (torchrun jobs): these entries run them (the 6th field).
+_DCP, _PTRAIN = "src/kamado/parallel/checkpoint.py", "src/kamado/parallel/trainer.py"
+_TRAIN = "src/kamado/train/trainer.py"
+_ASYNC = ["tests/parallel/test_dcp.py", "-k", "async"]
+SESSION17 = [
+    (
+        "async save: never sealed",
+        _DCP,
+        "_seal(root=final.parent, tmp=tmp, final=final, state=state, keep_last=keep_last)",
+        "pass",
+        _ASYNC,
+    ),
+    (
+        "async save: a new save does not wait for the pending one",
+        _DCP,
+        "        self.finish()\n        final, tmp = _prepare(root, step)",
+        "        final, tmp = _prepare(root, step)",
+        _ASYNC,
+    ),
+    (
+        "async save: sealed only when the next save starts",
+        _DCP,
+        "pending[0].done():\n            self.finish()",
+        "pending[0].done():\n            pass",
+        _ASYNC,
+    ),
+    (
+        "async save: the newest checkpoint chosen while a save is pending",
+        _PTRAIN,
+        "        self.finish_saves()\n        found = [",
+        "        found = [",
+        ["tests/parallel/test_stability.py", *_ASYNC],
+    ),
+    (
+        "async save: training ends without waiting for the last save",
+        _TRAIN,
+        "        self.finish_saves()  # the final checkpoint",
+        "        pass  # the final checkpoint",
+        _ASYNC,
+    ),
+    (
+        "async save: a stop does not wait for its save",
+        _TRAIN,
+        '        self.finish_saves()\n        self._emit({"event": "stopped"',
+        '        self._emit({"event": "stopped"',
+        ["tests/parallel/test_dcp.py", "-k", "stop_signal and async"],
+    ),
+    (
+        "one process: micro-batch metrics summed, not averaged",
+        _TRAIN,
+        "v) / self.cfg.train.grad_accum",
+        "v)",
+        ["tests/train", "tests/parallel/test_host_reads.py"],
+    ),
+    (
+        "host_values: values paired with the wrong keys",
+        _TRAIN,
+        "out.update(zip(keys, torch.stack(tensors).tolist(), strict=True))",
+        "out.update(zip(keys[::-1], torch.stack(tensors).tolist(), strict=True))",
+        ["tests/train"],
+    ),
+    (
+        "token_weighted: the batch CE not weighted by its tokens",
+        _TRAIN,
+        "torch.stack([out.ce.detach().to(torch.float64) * count, count])",
+        "torch.stack([out.ce.detach().to(torch.float64), count])",
+        ["tests/train", "tests/posttrain"],
+    ),
+    (
+        "distributed: micro-batch metrics summed, not averaged",
+        _PTRAIN,
+        "means = torch.stack(rows).to(torch.float64).mean(0)",
+        "means = torch.stack(rows).to(torch.float64).sum(0)",
+        ["tests/parallel/test_parity.py", "-k", "accumulation"],
+    ),
+    (
+        "distributed: the logged values in the wrong order",
+        _PTRAIN,
+        "loss, ce, z, log_z, norm_value = torch.cat(",
+        "ce, loss, z, log_z, norm_value = torch.cat(",
+        ["tests/parallel/test_parity.py", "-k", "fsdp2 and not never"],
+    ),
+    (
+        "resume event: tuples listed as changes",
+        _TRAIN,
+        "now = json.loads(json.dumps(to_dict(self.cfg)))",
+        "now = to_dict(self.cfg)",
+        ["tests/train/test_trainer.py"],
+    ),
+    (
+        "resume event: a new layout not listed",
+        _PTRAIN,
+        '            changed["layout"] = [state["layout"], self.layout.describe()]',
+        "            pass",
+        ["tests/parallel/test_dcp.py", "-k", "another_layout"],
+    ),
+    (
+        "Slurm guard: any squeue failure read as nothing in flight",
+        "src/kamado/corpus/slurm.py",
+        'if r.returncode != 0 and "Invalid job id" not in r.stderr:',
+        "if False:",
+        ["tests/slurm/test_jobs_in_flight.py"],
+    ),
+    (
+        "dedup: an empty extraction is an error on Slurm too",
+        "src/kamado/corpus/pipeline.py",
+        'empty_ok=cfg.executor == "slurm"',
+        "empty_ok=False",
+        ["tests/corpus/test_dedup.py", "tests/slurm/test_corpus_slurm.py"],
+    ),
+]
+MUTATIONS += [(*m, "") for m in SESSION17]  # "": every test, slow ones too
+
 
 def main(only: list[str]) -> int:
     missed = 0
@@ -252,7 +371,7 @@ def main(only: list[str]) -> int:
         clone = Path(tmp) / "kamado"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         env = {**os.environ, "PYTHONPATH": str(clone / "src")}
-        for name, file, text, replacement, tests in MUTATIONS:
+        for name, file, text, replacement, tests, *marks in MUTATIONS:
             if only and not any(o.lower() in name.lower() for o in only):
                 continue
             path = clone / file
@@ -263,7 +382,8 @@ def main(only: list[str]) -> int:
                 continue
             path.write_text(source.replace(text, replacement))
             t0 = time.time()
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+            only_marks = marks[0] if marks else "not slow"
+            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", only_marks, *tests]
             r = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
             path.write_text(source)
             failed = re.findall(r"^FAILED (\S+)", r.stdout, re.M)
