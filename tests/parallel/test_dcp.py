@@ -3,15 +3,19 @@ the one-file kind; a rank killed mid-save never leaves a checkpoint that a relau
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
+from torch import nn
 
 from kamado.errors import CheckpointError
-from kamado.parallel.checkpoint import consolidate
+from kamado.parallel.checkpoint import AsyncSaves, consolidate
 from kamado.train import checkpoint as ckpt
 from kamado.train.checkpoint import load_model
 
@@ -127,17 +131,21 @@ def test_a_rank_killed_while_an_async_save_is_written_resumes_from_the_save_befo
     assert_same_curve(runs.metrics(out), runs.metrics(single), what="after a kill during an async save")
 
 
+@contextlib.contextmanager
+def one_gloo_rank(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def test_an_async_save_writes_the_weights_of_when_it_started(tmp_path):
     """In process, one gloo rank: the weights change right after the save starts (as the next optimizer step
     would), yet the sealed checkpoint holds the old ones; until `finish` nothing is sealed under the final name."""
-    import torch.distributed as dist
-    from torch import nn
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    from kamado.parallel.checkpoint import AsyncSaves
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
-    try:
+    with one_gloo_rank(tmp_path):
         torch.manual_seed(0)
         model = nn.Linear(256, 256)
         opt = torch.optim.AdamW(model.parameters())
@@ -154,5 +162,21 @@ def test_an_async_save_writes_the_weights_of_when_it_started(tmp_path):
         for k, v in before.items():
             torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
         assert not torch.equal(get_model_state_dict(model)["weight"], before["weight"])
-    finally:
-        dist.destroy_process_group()
+
+
+def test_async_saves_are_sealed_between_steps_and_none_is_dropped(tmp_path):
+    """`poll` (between steps) seals a save once its write has ended, without waiting for the next save; a save
+    started while the one before is still pending first completes that one."""
+    with one_gloo_rank(tmp_path):
+        model = nn.Linear(64, 64)
+        opt = torch.optim.AdamW(model.parameters())
+        saves = AsyncSaves()
+        first = saves.start(tmp_path / "ckpt", 1, [model], [opt], {}, keep_last=0)
+        second = saves.start(tmp_path / "ckpt", 2, [model], [opt], {}, keep_last=0)  # no poll in between
+        assert ckpt.verify_checkpoint(first) is None  # completed by the second start, not dropped
+        deadline = time.monotonic() + 30
+        while saves.pending is not None and time.monotonic() < deadline:
+            saves.poll()
+            time.sleep(0.01)
+        assert saves.pending is None and ckpt.verify_checkpoint(second) is None
+        assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_00000001", "step_00000002"]
