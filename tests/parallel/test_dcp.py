@@ -49,6 +49,13 @@ def test_resume_on_another_layout_continues_the_curve(runs, single, saved_222, n
     rows = runs.metrics(out)
     assert [x["step"] for x in rows if "loss" in x] == [1, 2, 3, 4], r.stderr[-2000:]  # resumed, not restarted
     assert_same_curve(rows, runs.metrics(single), what=f"resumed on {nproc} ranks {overrides}")
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    resume = [e for e in events if e["event"] == "resume"][-1]  # the resume event names the new layout
+    assert resume["checkpoint"] == "step_00000002"
+    assert resume["changed"]["layout"] == [
+        "pp=2 × dp_replicate=1 × dp_shard=2 × tp=2",
+        f"pp=1 × dp_replicate=1 × dp_shard=1 × tp={nproc}",
+    ]
 
 
 def test_consolidate_writes_the_model_layout(runs, single, saved_222, tmp_path):
