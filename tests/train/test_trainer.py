@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kamado.model.loss import IGNORE_INDEX
 from kamado.model.transformer import Transformer
 from kamado.train import checkpoint as ckpt
 from kamado.train.callbacks import Callback, Checkpointer, MetricsLogger, SpeedMonitor
@@ -76,6 +77,28 @@ def test_a_resume_names_the_settings_changed_since_the_checkpoint(tiny_cfg, load
         },
     ]
     assert max(losses(tmp_path)) == 12
+
+
+def test_validation_ce_is_the_mean_over_all_scored_tokens(tiny_cfg, loader_cls, tmp_path):
+    """Two validation batches, one with all its targets scored and one with 3 of 16 a row (the rest ignored):
+    val_ce weighs each batch's CE by its scored tokens, as one cross-entropy over all of them does."""
+    t = build(tiny_cfg, loader_cls, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    vocab, seq = tiny_cfg.model.vocab_size, tiny_cfg.data.seq_len
+    batches = []
+    for scored in (seq, 3):
+        x, y = torch.randint(0, vocab, (2, seq), generator=g), torch.randint(0, vocab, (2, seq), generator=g)
+        y[:, scored:] = IGNORE_INDEX
+        batches.append((x, y))
+    t.val_batches = lambda: iter(batches)
+    got = t.evaluate()
+    with torch.no_grad(), t.autocast():
+        logits = torch.cat([t.model(x) for x, _ in batches]).float()
+    want = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, vocab), torch.cat([y for _, y in batches]).reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    assert got is not None and got["val_ce"] == pytest.approx(float(want), rel=1e-4)
+    assert got["val_ppl"] == pytest.approx(math.exp(float(want)), rel=1e-4)
 
 
 def test_config_changes_compares_sections_key_by_key_and_lists_whole():
