@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 
@@ -15,34 +14,40 @@ import pytest
 from kamado.faults import FAILPOINTS
 from kamado.train import checkpoint as ckpt
 
+from .conftest import BEFORE_PRETRAINING
+
 pytestmark = pytest.mark.slow
 
-# (failpoint, hit): the hit picks the moment, e.g. the 2nd checkpoint save (step 4; step 0 is the stability
-# monitor's first rollback target), the 3rd `after_checkpoint` (step 12, which is also an evaluation step).
+# (failpoint, hit, start): the hit picks the moment, e.g. the 2nd checkpoint save (step 4; step 0 is the stability
+# monitor's first rollback target), the 3rd `after_checkpoint` (step 12, which is also an evaluation step). The kills
+# from pre-training on start in a folder holding the reference's corpus, tokenizer and shards ("shards"): those
+# stages are the same in every run, and the kills inside them start from nothing ("scratch").
 KILLS = [
-    ("checkpoint.after_model", 2),
-    ("checkpoint.before_integrity", 3),
-    ("train.after_checkpoint", 3),
-    ("train.before_eval", 12),
-    ("tokenizer.before_record", 1),
-    ("shards.before_record", 2),
-    ("corpus.before_stage", 3),
-    ("recipe.during_bits_per_char", 1),
-    ("recipe.before_summary", 1),
+    ("checkpoint.after_model", 2, "shards"),
+    ("checkpoint.before_integrity", 3, "shards"),
+    ("train.after_checkpoint", 3, "shards"),
+    ("train.before_eval", 12, "shards"),
+    ("tokenizer.before_record", 1, "scratch"),
+    ("shards.before_record", 2, "scratch"),
+    ("corpus.before_stage", 3, "scratch"),
+    ("recipe.during_bits_per_char", 1, "shards"),
+    ("recipe.before_summary", 1, "shards"),
 ]
 
 
 def test_every_failpoint_is_exercised():
     from .test_posttrain_kill import KILLS as POSTTRAIN_KILLS
 
-    covered = {name for name, _ in KILLS + POSTTRAIN_KILLS} | {"checkpoint.resave_between_renames", "disk.write"}
+    covered = {kill[0] for kill in KILLS + POSTTRAIN_KILLS} | {"checkpoint.resave_between_renames", "disk.write"}
     covered |= {"parallel.after_dcp_save"}  # tests/parallel/test_dcp.py kills one rank of a torchrun job there
     assert covered == set(FAILPOINTS)
 
 
-@pytest.mark.parametrize(("name", "hit"), KILLS, ids=[f"{n}:{h}" for n, h in KILLS])
-def test_kill_at_failpoint_then_rerun(micro, reference, tmp_path, fault_counts, name, hit):
+@pytest.mark.parametrize(("name", "hit", "start"), KILLS, ids=[f"{n}:{h}" for n, h, _ in KILLS])
+def test_kill_at_failpoint_then_rerun(micro, reference, tmp_path, fault_counts, name, hit, start):
     out = tmp_path / "run"
+    if start == "shards":
+        micro.copy_of(reference[0], out, only=BEFORE_PRETRAINING)
     r = micro.run(out, failpoint=f"{name}:{hit}")
     assert r.returncode == -signal.SIGKILL, f"failpoint {name}:{hit} was not reached: {r.stderr[-2000:]}"
     micro.ok(out)
@@ -52,8 +57,7 @@ def test_kill_at_failpoint_then_rerun(micro, reference, tmp_path, fault_counts, 
 
 def test_kill_between_the_renames_of_a_resave(micro, reference, tmp_path, fault_counts):
     """Re-saving a step (here: a restart from scratch over a finished run) must never lose that step."""
-    out = tmp_path / "run"
-    shutil.copytree(reference[0], out)
+    out = micro.copy_of(reference[0], tmp_path / "run")
     before = {p.name for p in ckpt.list_checkpoints(out / "checkpoints")}
     r = micro.run(out, "--checkpoint.resume=false", failpoint="checkpoint.resave_between_renames:1")
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ..corpus.test_corpus_kill_ray import ARGS, command, shards
+from ..corpus.test_corpus_kill_ray import ARGS, PRESET, ROOT, command, shards
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +48,32 @@ def test_the_corpus_on_slurm_equals_the_local_run(slurm, tmp_path: Path) -> None
     again = subprocess.run(on_slurm, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert again.returncode == 0 and "submitted" not in again.stdout, again.stdout + again.stderr[-2000:]
     assert "documents →" in again.stdout
+
+
+def test_an_extraction_that_keeps_nothing_ends_with_an_empty_corpus_on_slurm(slurm, tmp_path: Path) -> None:
+    """The dedup stages are submitted before extraction has run, so on Slurm they must get through an empty
+    extraction (a crawl with no Japanese page) and the corpus ends empty, as the local run does."""
+    warcs = tmp_path / "warcs"
+    warcs.mkdir()
+    shutil.copy(ROOT / "samples" / "warc" / "cc-multilingual-no-ja.warc.gz", warcs)
+    out = tmp_path / "slurm"
+    env = {**slurm.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    args = [str(warcs), "--out", str(out), "--config", str(PRESET), "--executor", "slurm", "--slurm.partition=debug"]
+    r = subprocess.run(
+        [sys.executable, "-m", "kamado.cli", "corpus", "run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = re.search(r"submitted Slurm jobs ([\d, ]+):", r.stdout)
+    assert said, r.stdout[-2000:]
+    jobs = [int(j) for j in said[1].split(", ")]
+    state = slurm.wait(jobs[-1], timeout=600)
+    logs = "".join(p.read_text() for p in (out / "work/logs").rglob("*.out"))
+    assert state == "COMPLETED", f"{state}\n{logs[-3000:]}"
+    summary = json.loads((out / "corpus_summary.json").read_text())
+    assert summary["documents_out"] == 0 and summary["stats"]["extract"]  # extraction ran, and kept nothing
+    assert json.loads((out / "shards" / "manifest.json").read_text())["documents"] == 0
