@@ -74,6 +74,21 @@ class Slurm:
             time.sleep(0.2)
         return state
 
+    def wait_chain(self, jobs: list[int], timeout: float = 600) -> str:
+        """Jobs that each wait for the one before: "COMPLETED" once the last has completed, else the first that
+        failed or that waits on a failed one (Slurm leaves such a job pending for ever, so a plain wait would not
+        end) with its state and reason."""
+        deadline = time.monotonic() + timeout
+        while (last := self.job(jobs[-1])["JobState"]) != "COMPLETED":
+            for j in jobs:
+                info = self.job(j)
+                ended = info["JobState"] in ("FAILED", "CANCELLED", "TIMEOUT")
+                if ended or info["Reason"] == "DependencyNeverSatisfied":
+                    return f"job {j}: {info['JobState']} ({info['Reason']})"
+            assert time.monotonic() < deadline, f"job {jobs[-1]} still {last} after {timeout} s"
+            time.sleep(0.5)
+        return last
+
     def run(self, *cmd: str) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, env=self.env, check=True).stdout
 

@@ -71,7 +71,7 @@ def test_an_extraction_that_keeps_nothing_ends_with_an_empty_corpus_on_slurm(slu
     said = re.search(r"submitted Slurm jobs ([\d, ]+):", r.stdout)
     assert said, r.stdout[-2000:]
     jobs = [int(j) for j in said[1].split(", ")]
-    state = slurm.wait(jobs[-1], timeout=600)
+    state = slurm.wait_chain(jobs)
     logs = "".join(p.read_text() for p in (out / "work/logs").rglob("*.out"))
     assert state == "COMPLETED", f"{state}\n{logs[-3000:]}"
     summary = json.loads((out / "corpus_summary.json").read_text())
