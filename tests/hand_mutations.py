@@ -364,6 +364,94 @@ SESSION17 = [
 ]
 MUTATIONS += [(*m, "") for m in SESSION17]  # "": every test, slow ones too
 
+# Session 8's mutations of the parallel code (LOG.md, 2026-12-04: all 12 caught then, by a script kept outside the
+# repo), written down here so they can be run again.
+_LOSS, _PAR = "src/kamado/parallel/loss.py", "src/kamado/parallel/"
+_TP = ["tests/parallel/test_parity.py", "-k", "tp2 and not selective"]
+_PP = ["tests/parallel/test_parity.py", "-k", "pp2-1F1B"]
+PARALLEL = [
+    (
+        "TP loss: the sum's backward sums the gradients over the ranks again",
+        _LOSS,
+        "        return grad, None",
+        "        grad = grad.clone()\n        dist.all_reduce(grad)\n        return grad, None",
+        _TP,
+    ),
+    ("TP loss: every rank's vocabulary slice starts at 0", _LOSS, "lo = dist.get_rank(group) * width", "lo = 0", _TP),
+    (
+        "TP loss: half the Z-loss gradient",
+        _LOSS,
+        "    z = ((lse * lse) * valid).sum() / n",
+        "    z = ((lse * lse.detach()) * valid).sum() / n",
+        _TP,
+    ),
+    (
+        "TP: a rank computes every key/value head",
+        _PAR + "tensor_parallel.py",
+        "cfg.n_kv_heads // tp  # the heads",
+        "cfg.n_kv_heads  # the heads",
+        _TP,
+    ),
+    (
+        "TP: gate and up rows grouped the other way round",
+        _PAR + "fused.py",
+        "torch.stack([torch.arange(f), f + torch.arange(f)], dim=1)",
+        "torch.stack([f + torch.arange(f), torch.arange(f)], dim=1)",
+        ["tests/parallel/test_units.py"],
+    ),
+    (
+        "PP: the loss not scaled by the accumulation steps",
+        _PTRAIN,
+        "return out.loss / (self.n_micro * self.cfg.train.grad_accum)",
+        "return out.loss / self.n_micro",
+        ["tests/parallel/test_parity.py", "-k", "accumulation"],
+    ),
+    (
+        "PP: the gradient norm not summed over the pipeline ranks",
+        _PAR + "clip.py",
+        "        dist.all_reduce(total, group=pp_group)",
+        "        pass",
+        _PP,
+    ),
+    (
+        "PP: the shape-inference run's loss record kept",
+        _PTRAIN,
+        "        del self._records[before : len(self._records) - (self.n_micro if self.has_last else 0)]",
+        "        pass",
+        _PP,
+    ),
+    (
+        "PP: ZBV puts rank r's second stage at r + p",
+        _PAR + "parallelize.py",
+        "return [pp_rank, 2 * p.pp - 1 - pp_rank]",
+        "return [pp_rank, pp_rank + p.pp]",
+        ["tests/parallel/test_units.py", "-k", "placement"],
+    ),
+    (
+        "PP × TP: a later stage's sequence length not times the TP degree",
+        _PAR + "stage.py",
+        "h.shape[1] * self.seq_shards",
+        "h.shape[1]",
+        ["tests/parallel/test_parity.py", "-k", "3d_mesh"],
+        "",  # a slow test
+    ),
+    (
+        "DP: the logged loss summed over the ranks, not averaged",
+        _PTRAIN,
+        "        return sums / self.layout.dp",
+        "        return sums",
+        ["tests/parallel/test_parity.py", "-k", "dp2 and not hsdp"],
+    ),
+    (
+        "DP: every rank reads the first rows of the batch",
+        _PAR + "data.py",
+        "    return slice(rank * per, (rank + 1) * per)",
+        "    return slice(0, per)",
+        ["tests/parallel/test_parity.py", "-k", "fsdp2 and not never"],
+    ),
+]
+MUTATIONS += PARALLEL
+
 
 def main(only: list[str]) -> int:
     missed = 0
