@@ -1,10 +1,11 @@
-"""One-line mutations (issue 16's, and issue 11's planner), each applied by hand to a fresh clone without
-../shared, and the tests that catch it.
+"""One-line mutations (issue 16's; issue 11's planner and parallel code; session 17's async saves, host reads and
+Slurm edges), each applied by hand to a fresh clone without ../shared, and the tests that catch it.
 
     python tests/hand_mutations.py [NAME-SUBSTRING ...]     (`make hand-mutations`)
 
 Clones HEAD into a temporary folder (so no ../shared is beside it, as on a user's machine), applies one mutation at
-a time, runs the named tests and prints the failing ones. A mutation that no test catches exits 1. Not collected by
+a time, runs the named tests (the quick ones, unless an entry's 6th field is a marker expression: "" runs them all)
+and prints the failing ones. A mutation that no test catches exits 1. Not collected by
 pytest (the file name does not start with test_); the results are recorded in LOG.md.
 """
 
